@@ -89,3 +89,7 @@ class TemporarilyUnavailable(OAuthError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class UnsupportedResponseType(OAuthError):
+    error = "unsupported_response_type"

@@ -1,0 +1,138 @@
+"""The `stepup` command: serve, check a policy, run the demo, hash a client secret."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from stepup import config as config_module
+from stepup.config import Config, ConfigError
+
+EXIT_OK = 0
+EXIT_POLICY = 1
+EXIT_STARTUP = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepup", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--config", type=Path, default=os.environ.get("STEPUP_CONFIG"),
+                       required="STEPUP_CONFIG" not in os.environ, help="policy file (TOML)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--access-log", action="store_true")
+
+    check = commands.add_parser("check", help="validate a policy file; exit 1 listing every error")
+    check.add_argument("file", type=Path)
+
+    demo = commands.add_parser("demo", help="run stepup with a demo bank, IdP and payments API")
+    demo.add_argument("--data-dir", type=Path, default=Path(".stepup/demo"))
+
+    hashing = commands.add_parser("hash-secret", help="hash a client secret for the policy file")
+    hashing.add_argument("--generate", action="store_true", help="make a new random secret too")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "check":
+        return _check(args.file)
+    if args.command == "hash-secret":
+        return _hash_secret(args.generate)
+    if args.command == "demo":
+        from stepup.demo.runner import run_demo
+
+        return run_demo(args.data_dir)
+    return _serve(args.config, args.host, args.port, args.workers, args.access_log)
+
+
+def _check(path: Path) -> int:
+    try:
+        loaded = config_module.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EXIT_POLICY
+    print(
+        f"{path}: ok — issuer {loaded.issuer}, {len(loaded.clients)} client(s), "
+        f"{len(loaded.resource_servers)} resource server(s), {len(loaded.scopes)} scope(s), "
+        f"{len(loaded.upstreams)} upstream issuer(s)"
+    )
+    return EXIT_OK
+
+
+def _hash_secret(generate: bool) -> int:
+    if generate:
+        secret = secrets.token_urlsafe(32)
+        print(f"secret:      {secret}")
+    else:
+        secret = sys.stdin.readline().rstrip("\n")
+        if len(secret) < 16:
+            print("a client secret must be at least 16 characters", file=sys.stderr)
+            return EXIT_POLICY
+    print(f"secret_hash: {config_module.hash_secret(secret)}")
+    return EXIT_OK
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return None
+
+
+def _serve(path: Path, host: str | None, port: int | None, workers: int, access_log: bool) -> int:
+    import uvicorn
+
+    from stepup.app import StartupError, create_app
+    from stepup.sealing import SealingError
+    from stepup.signing import SigningKeyError
+    from stepup.storage.embedded import EmbeddedRedis, EmbeddedRedisError
+
+    loaded = _load(path)
+    if loaded is None:
+        return EXIT_POLICY
+    deployment = loaded.deployment
+    embedded = EmbeddedRedis(deployment.data_dir) if deployment.embedded_redis else None
+    try:
+        if embedded is not None:
+            embedded.start()
+            print(f"embedded Redis with persistence in {deployment.data_dir}", file=sys.stderr)
+        redis_url = embedded.url if embedded else deployment.redis_url
+        options = dict(
+            host=host or deployment.host, port=port or deployment.port, access_log=access_log,
+            proxy_headers=False, server_header=False, timeout_graceful_shutdown=10,
+        )
+        if workers > 1:
+            os.environ["STEPUP_CONFIG"] = str(path.resolve())
+            os.environ["STEPUP_REDIS_URL"] = str(redis_url)
+            uvicorn.run("stepup.cli:app_factory", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        else:
+            uvicorn.run(create_app(loaded, redis_url=redis_url), **options)  # type: ignore[arg-type]
+    except (StartupError, EmbeddedRedisError, SigningKeyError, SealingError, OSError) as exc:
+        print(f"stepup: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return EXIT_OK
+
+
+def app_factory() -> object:
+    """For `--workers N`: each worker process builds its app from the environment."""
+    from stepup.app import create_app
+
+    loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
+    return create_app(loaded, redis_url=os.environ.get("STEPUP_REDIS_URL"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

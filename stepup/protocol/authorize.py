@@ -1,0 +1,276 @@
+"""The authorization endpoint and its interaction: show what is being approved, take a factor,
+answer the client's redirect_uri with a code (RFC 6749 §4.1.2, RFC 9207 `iss`).
+
+Errors before the request is known are shown as a page and never redirected: only a
+redirect_uri registered and checked at intake is ever used (RFC 9700 §4.11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from stepup.config import Level
+from stepup.factors import totp
+from stepup.models import Factor, Grant, Interaction, PendingRequest, RecentStepUp
+from stepup.protocol.outcomes import Page, Redirect, error_page, form_ok
+from stepup.protocol.par import REQUEST_URI_PREFIX
+from stepup.services import Services
+from stepup.storage import keys
+
+GENERIC_FAILURE = "That code did not work. Check your authenticator app and try again."
+EXPIRED = "This approval request has expired or was already used. Go back to the app and try again."
+
+
+def client_redirect(redirect_uri: str, params: Mapping[str, str | None]) -> str:
+    parts = urlsplit(redirect_uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query.extend((k, v) for k, v in params.items() if v is not None)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def start(
+    services: Services, client_id: str | None, request_uri: str | None, browser: str
+) -> Redirect | Page:
+    if not client_id or not request_uri:
+        return error_page("Incomplete request", "client_id and request_uri are required.")
+    client = services.config.clients.get(client_id)
+    if client is None or not request_uri.startswith(REQUEST_URI_PREFIX):
+        return error_page("Unknown request", "This link does not come from a registered app.")
+    request_id = request_uri.removeprefix(REQUEST_URI_PREFIX)
+    # The request_uri is one-time (RFC 9126 §4): the browser continues on an interaction of its own.
+    request = await services.store.take(keys.pending_request(request_id), PendingRequest)
+    if request is None:
+        return error_page("Request expired", EXPIRED)
+    if request.client_id != client_id:
+        services.audit.record("authorize.start", "refused", client=client_id, reason="client mismatch")
+        return error_page("Unknown request", "This link does not belong to that app.")
+    level = services.config.levels[request.acr]
+    subject = request.subject_key
+    now = services.now()
+
+    reused = await _recent(services, request, now)
+    if reused is not None:
+        services.audit.record("stepup.reused", "success", subject=subject, client=client_id)
+        return await _issue_code(services, request, reused.amr, reused.auth_time)
+
+    factors = await services.store.factors(subject)
+    if services.verifier.meeting(factors, level):
+        mode, pending = "verify", None
+    elif _may_enrol_first_factor(services, request, factors, level, now):
+        mode, pending = "enrol", services.verifier.new_totp(subject)
+    else:
+        services.audit.record("authorize.start", "unmet", subject=subject, client=client_id, acr=level.uri)
+        return Redirect(
+            client_redirect(
+                request.redirect_uri,
+                {
+                    "error": "unmet_authentication_requirements",
+                    "error_description": "No enrolled factor meets the required level",
+                    "state": request.state,
+                    "iss": services.config.issuer,
+                },
+            )
+        )
+    interaction_id = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    lifetime = services.config.limits.interaction_lifetime
+    interaction = Interaction(
+        request=_as_dict(request),
+        csrf=csrf,
+        browser=browser,
+        mode=mode,
+        expires_at=now + lifetime,
+        pending_factor=_as_dict(pending) if pending else None,
+    )
+    await services.store.put(keys.interaction(interaction_id), interaction, lifetime)
+    return Redirect(f"/interaction/{interaction_id}")
+
+
+def _may_enrol_first_factor(
+    services: Services, request: PendingRequest, factors: list[Factor], level: Level, now: int
+) -> bool:
+    limits = services.config.limits
+    probe = Factor(id="probe", kind="totp", name="", created_at=now)
+    return (
+        not factors
+        and limits.enrollment_during_stepup
+        and services.verifier.meeting([probe], level) != []
+        # Enrolment is the riskiest moment: only a freshly signed-in user may add a first factor.
+        and now - request.subject_authenticated_at <= limits.first_factor_max_age
+    )
+
+
+async def _recent(services: Services, request: PendingRequest, now: int) -> RecentStepUp | None:
+    if request.max_age <= 0:
+        return None
+    for recent in await services.store.recent_stepups(request.subject_key, request.client_id):
+        if services.policy.stronger_or_equal(recent.acr, request.acr) and (
+            0 <= now - recent.auth_time <= request.max_age
+        ):
+            return recent
+    return None
+
+
+async def show(services: Services, interaction_id: str, browser: str | None) -> Page:
+    interaction = await services.store.get(keys.interaction(interaction_id), Interaction)
+    if interaction is None:
+        return error_page("Request expired", EXPIRED)
+    if browser is None or not hmac.compare_digest(interaction.browser, browser):
+        return error_page(
+            "Open this in the same browser",
+            "This approval page was started in another browser. Go back to the app and try again.",
+            403,
+        )
+    return _page(services, interaction)
+
+
+def _page(services: Services, interaction: Interaction, error: str | None = None,
+          status: int = 200, retry_after: int | None = None) -> Page:
+    context = _context(services, interaction)
+    context["error"] = error
+    origin = urlsplit(interaction.request["redirect_uri"])
+    return Page("authorize.html", context, status, retry_after,
+                form_origins=(f"{origin.scheme}://{origin.netloc}",))
+
+
+async def submit(
+    services: Services, interaction_id: str, browser: str | None, form: Mapping[str, str]
+) -> Redirect | Page:
+    key = keys.interaction(interaction_id)
+    interaction = await services.store.get(key, Interaction)
+    if interaction is None:
+        return error_page("Request expired", EXPIRED)
+    if not form_ok(interaction.browser, browser, interaction.csrf, form.get("csrf")):
+        return error_page("Request refused", "This form was not sent from the approval page.", 403)
+    request = interaction.pending()
+    subject = request.subject_key
+    action = form.get("action")
+    if action == "cancel":
+        if await services.store.take(key, Interaction) is None:
+            return error_page("Request expired", EXPIRED)
+        services.audit.record("stepup.cancelled", "denied", subject=subject, client=request.client_id)
+        return Redirect(
+            client_redirect(
+                request.redirect_uri,
+                {"error": "access_denied", "state": request.state, "iss": services.config.issuer},
+            )
+        )
+    if action != "verify":
+        return error_page("Request refused", "Unknown action.")
+
+    level = services.config.levels[request.acr]
+    if interaction.mode == "enrol" and interaction.pending_factor:
+        candidates = [Factor(**interaction.pending_factor)]
+    else:
+        candidates = services.verifier.meeting(await services.store.factors(subject), level)
+    attempt = await services.verifier.prove_totp(subject, candidates, form.get("code"))
+    if attempt.factor is None:
+        return _page(services, interaction, failure_message(attempt.retry_after),
+                     429 if attempt.retry_after else 400, attempt.retry_after or None)
+
+    # Consume the interaction atomically: of two racing submissions only one gets a code.
+    if await services.store.take(key, Interaction) is None:
+        return error_page("Request expired", EXPIRED)
+    factor = attempt.factor
+    if interaction.mode == "enrol":
+        if not await services.store.add_first_factor(subject, factor):
+            services.audit.record("enrolment.added", "refused", subject=subject, reason="exists")
+            return error_page(
+                "Already set up", "A factor was set up meanwhile. Go back to the app and try again."
+            )
+        services.audit.record("enrolment.added", "success", subject=subject, factor=factor.id,
+                              kind=factor.kind, via="stepup")
+    else:
+        await services.verifier.touch(subject, factor)
+    return await _issue_code(
+        services, request, services.verifier.amr(factor), services.now()
+    )
+
+
+def failure_message(retry_after: int) -> str:
+    # One message for every failure; only the wait is told, never why (authelia does the same).
+    if retry_after:
+        return f"Too many attempts. Wait {retry_after} seconds, then try again."
+    return GENERIC_FAILURE
+
+
+async def _issue_code(
+    services: Services, request: PendingRequest, amr: list[str], auth_time: int
+) -> Redirect:
+    code = secrets.token_urlsafe(32)
+    grant = Grant(
+        client_id=request.client_id,
+        issuer=request.issuer,
+        sub=request.sub,
+        subject_exp=request.subject_exp,
+        redirect_uri=request.redirect_uri,
+        code_challenge=request.code_challenge,
+        scopes=request.scopes,
+        resource=request.resource,
+        acr=request.acr,
+        amr=amr,
+        auth_time=auth_time,
+        authorization_details=request.authorization_details,
+        dpop_jkt=request.dpop_jkt,
+    )
+    await services.store.put(keys.code(code), grant, services.config.limits.code_lifetime)
+    await services.store.remember_stepup(
+        request.subject_key,
+        request.client_id,
+        RecentStepUp(acr=request.acr, amr=amr, auth_time=auth_time),
+        services.policy.reuse_window,
+    )
+    services.audit.record(
+        "stepup.approved", "success", subject=request.subject_key, client=request.client_id,
+        acr=request.acr, amr=" ".join(amr),
+    )
+    return Redirect(
+        client_redirect(
+            request.redirect_uri,
+            {"code": code, "state": request.state, "iss": services.config.issuer},
+        )
+    )
+
+
+def _context(services: Services, interaction: Interaction) -> dict[str, Any]:
+    request = interaction.pending()
+    config = services.config
+    client = config.clients[request.client_id]
+    level = config.levels[request.acr]
+    api = next(
+        (rs.name for rs in config.resource_servers.values() if request.resource in rs.resources),
+        request.resource,
+    )
+    context: dict[str, Any] = {
+        "client_name": client.name,
+        "scopes": [config.scopes[name].description for name in request.scopes],
+        "api": api,
+        "resource": request.resource,
+        "level": level.description or level.uri,
+        "mode": interaction.mode,
+        "csrf": interaction.csrf,
+    }
+    if interaction.mode == "enrol" and interaction.pending_factor:
+        factor = Factor(**interaction.pending_factor)
+        context.update(enrol_context(services, request.sub, request.subject_key, factor))
+    return context
+
+
+def enrol_context(services: Services, sub: str, subject: str, factor: Factor) -> dict[str, Any]:
+    secret = services.verifier.totp_secret(subject, factor)
+    issuer_name = urlsplit(services.config.issuer).hostname or "stepup"
+    uri = totp.provisioning_uri(secret, sub, issuer_name)
+    return {
+        "qr_svg": totp.qr_svg(uri),
+        "secret_groups": " ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
+        "otpauth_uri": uri,
+    }
+
+
+def _as_dict(record: object) -> dict[str, Any]:
+    return dataclasses.asdict(record)  # type: ignore[call-overload, no-any-return]

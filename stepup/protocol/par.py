@@ -1,0 +1,151 @@
+"""Challenge intake: the pushed authorization request (RFC 9126) carrying the user's token
+and the resource server's challenge (RFC 9470), answered with a one-time request_uri."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from stepup.config import Client
+from stepup.errors import (
+    InvalidAuthorizationDetails,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    UnsupportedResponseType,
+)
+from stepup.models import PendingRequest
+from stepup.protocol.challenge import (
+    ChallengeSyntaxError,
+    parse_www_authenticate,
+    step_up_requirement,
+)
+from stepup.services import Services
+from stepup.storage import keys
+
+REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
+# RFC 7636 §4.2: BASE64URL(SHA256(verifier)) is exactly 43 characters.
+_S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+MAX_STATE = 1024
+
+
+async def push(services: Services, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+    if "request" in form:
+        raise InvalidRequest("request objects are not supported; send the parameters directly")
+    if "request_uri" in form:
+        # RFC 9126 §2.1: a pushed request must not itself carry a request_uri.
+        raise InvalidRequest("request_uri is not allowed in a pushed request")
+    if form.get("response_type", "code") != "code":
+        raise UnsupportedResponseType("response_type must be code")
+    redirect_uri = form.get("redirect_uri")
+    if not redirect_uri:
+        raise InvalidRequest("redirect_uri is required")
+    if redirect_uri not in client.redirect_uris:
+        # Exact string match (RFC 9700 §4.1.3): no prefix, no pattern, no normalisation.
+        raise InvalidRequest("redirect_uri is not registered for this client")
+    code_challenge = _pkce(form)
+    state = form.get("state")
+    if state is not None and len(state) > MAX_STATE:
+        raise InvalidRequest(f"state is longer than {MAX_STATE} characters")
+    if form.get("dpop_jkt"):
+        raise InvalidRequest("dpop_jkt: DPoP binding is not enabled on this server")
+    if form.get("authorization_details"):
+        raise InvalidAuthorizationDetails("no authorization_details types are accepted here")
+
+    subject = await services.subjects.validate(
+        form.get("subject_token"), form.get("subject_token_type"), client
+    )
+    if subject.cnf_jkt:
+        raise InvalidRequest(
+            "subject_token is DPoP-bound and DPoP is not enabled on this server",
+            detail=f"cnf.jkt {subject.cnf_jkt}",
+        )
+    acr_values, max_age, scopes = _requirement(form)
+    if not scopes:
+        raise InvalidScope("scope is required: name the scope the elevation is for")
+    for scope in scopes:
+        if scope not in client.scopes or scope not in services.config.scopes:
+            raise InvalidScope(f"scope '{scope}' may not be elevated to by this client")
+    resource = _resource(form, client, services, scopes)
+    level = services.policy.level_for(scopes, acr_values)
+    now = services.now()
+    request = PendingRequest(
+        client_id=client.client_id,
+        issuer=subject.issuer,
+        sub=subject.sub,
+        subject_exp=subject.exp,
+        subject_authenticated_at=subject.authenticated_at,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=code_challenge,
+        scopes=scopes,
+        resource=resource,
+        acr=level.uri,
+        max_age=services.policy.max_age_for(scopes, max_age),
+        created_at=now,
+    )
+    request_id = secrets.token_urlsafe(32)
+    lifetime = services.config.limits.request_uri_lifetime
+    await services.store.put(keys.pending_request(request_id), request, lifetime)
+    services.audit.record(
+        "challenge.accepted", "success", client=client.client_id, subject=subject.key,
+        acr=level.uri, scope=" ".join(scopes),
+    )
+    return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": lifetime}
+
+
+def _pkce(form: Mapping[str, str]) -> str:
+    challenge = form.get("code_challenge")
+    method = form.get("code_challenge_method")
+    if not challenge:
+        raise InvalidRequest("code_challenge is required (PKCE, RFC 7636)")
+    if method != "S256":
+        # `plain` gives no protection if the challenge leaks; RFC 9700 §2.1.1.
+        raise InvalidRequest("code_challenge_method must be S256")
+    if not _S256_CHALLENGE.match(challenge):
+        raise InvalidRequest("code_challenge must be 43 base64url characters (S256)")
+    return challenge
+
+
+def _requirement(form: Mapping[str, str]) -> tuple[list[str], int | None, list[str]]:
+    acr_values: list[str] = []
+    max_age: int | None = None
+    scopes: list[str] = []
+    raw = form.get("challenge")
+    if raw:
+        try:
+            requirement = step_up_requirement(parse_www_authenticate(raw))
+        except ChallengeSyntaxError as exc:
+            raise InvalidRequest(f"challenge cannot be parsed: {exc}") from exc
+        acr_values.extend(requirement.acr_values)
+        max_age = requirement.max_age
+        scopes.extend(requirement.scope)
+    if form.get("acr_values"):
+        acr_values.extend(form["acr_values"].split())
+    if "max_age" in form:
+        text = form["max_age"]
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            raise InvalidRequest("max_age must be a non-negative integer")
+        max_age = int(text) if max_age is None else min(max_age, int(text))
+    if form.get("scope"):
+        scopes.extend(form["scope"].split())
+    return acr_values, max_age, list(dict.fromkeys(scopes))
+
+
+def _resource(form: Mapping[str, str], client: Client, services: Services, scopes: list[str]) -> str:
+    resource = form.get("resource")
+    if not resource:
+        raise InvalidTarget("resource is required: name the API the elevation is for")
+    parts = urlsplit(resource)
+    if not parts.scheme or parts.fragment:
+        # RFC 8707 §2: an absolute URI without a fragment.
+        raise InvalidTarget("resource must be an absolute URI without a fragment")
+    if resource not in client.resources:
+        raise InvalidTarget("this client may not elevate for that resource")
+    for rule in services.policy.rules(scopes):
+        if rule.resources and resource not in rule.resources:
+            raise InvalidTarget(f"scope '{rule.name}' is not for that resource")
+    return resource

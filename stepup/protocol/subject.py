@@ -1,0 +1,230 @@
+"""Validation of subject tokens (B): JWT access tokens from trusted upstream issuers.
+
+Keys come from a JWKS URI, a JWKS file or the issuer's discovery document; they are
+cached and fetched again on an unknown `kid`, at most once per `refresh_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from stepup.clock import Clock
+from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, Client, Config, Upstream
+from stepup.errors import InvalidRequest, TemporarilyUnavailable, UnsupportedTokenType
+from stepup.models import Subject
+
+SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
+MAX_TOKEN_LENGTH = 16_384
+
+
+class UpstreamUnavailable(Exception):
+    pass
+
+
+@dataclass
+class _Cached:
+    keys: KeySet
+    fetched_at: float
+
+
+class UpstreamKeys:
+    """Public keys of the upstream issuers, fetched lazily and cached per issuer."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        *,
+        refresh_interval: float = 30.0,
+        max_age: float = 3600.0,
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self._refresh_interval = refresh_interval
+        self._max_age = max_age
+        self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def keys_for(self, upstream: Upstream, kid: str | None) -> KeySet:
+        cached = self._cache.get(upstream.issuer)
+        now = self._clock.now()
+        if cached and now - cached.fetched_at < self._max_age and _has_kid(cached.keys, kid):
+            return cached.keys
+        lock = self._locks.setdefault(upstream.issuer, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(upstream.issuer)
+            # An unknown kid may mean the issuer rotated; refetch, but not more often than
+            # refresh_interval, so forged kids cannot make stepup hammer the issuer.
+            if cached and (
+                _has_kid(cached.keys, kid) and now - cached.fetched_at < self._max_age
+                or now - cached.fetched_at < self._refresh_interval
+            ):
+                return cached.keys
+            try:
+                keys = await self._fetch(upstream)
+            except UpstreamUnavailable:
+                if cached:
+                    return cached.keys
+                raise
+            self._cache[upstream.issuer] = _Cached(keys, now)
+            return keys
+
+    async def _fetch(self, upstream: Upstream) -> KeySet:
+        if upstream.jwks_file is not None:
+            try:
+                return KeySet.import_key_set(json.loads(upstream.jwks_file.read_text("utf-8")))
+            except (OSError, ValueError, JoseError) as exc:
+                raise UpstreamUnavailable(f"{upstream.jwks_file}: {exc}") from exc
+        jwks_uri = upstream.jwks_uri or await self._discover(upstream)
+        return KeySet.import_key_set(await self._get_json(jwks_uri))  # type: ignore[arg-type]
+
+    async def _discover(self, upstream: Upstream) -> str:
+        base = upstream.issuer.rstrip("/")
+        for suffix in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+            try:
+                document = await self._get_json(base + suffix)
+            except UpstreamUnavailable:
+                continue
+            # RFC 8414 §3.3 / OIDC Discovery §4.3: the document must name the same issuer.
+            if document.get("issuer") != upstream.issuer or not isinstance(
+                document.get("jwks_uri"), str
+            ):
+                raise UpstreamUnavailable(f"discovery for {upstream.issuer}: issuer mismatch")
+            return str(document["jwks_uri"])
+        raise UpstreamUnavailable(f"no discovery document for {upstream.issuer}")
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            response = await self._http.get(url, timeout=5.0)
+            response.raise_for_status()
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise UpstreamUnavailable(f"{url}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise UpstreamUnavailable(f"{url}: not a JSON object")
+        return data
+
+
+def _has_kid(keys: KeySet, kid: str | None) -> bool:
+    if kid is None:
+        return True
+    return any(key.kid == kid for key in keys)
+
+
+class SubjectValidator:
+    def __init__(self, config: Config, keys: UpstreamKeys, clock: Clock) -> None:
+        self._config = config
+        self._keys = keys
+        self._clock = clock
+
+    async def validate(self, token: str | None, token_type: str | None, client: Client) -> Subject:
+        if not token:
+            raise InvalidRequest("subject_token is required")
+        if not token_type:
+            raise InvalidRequest("subject_token_type is required")
+        if token_type not in SUBJECT_TOKEN_TYPES:
+            raise UnsupportedTokenType(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
+        invalid = "subject_token is invalid"
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidRequest(invalid, detail="subject token too long")
+        try:
+            compact = jws.extract_compact(token.encode())
+            header = compact.protected
+            unverified = json.loads(compact.payload)
+        except (JoseError, ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(invalid, detail=f"not a JWS: {exc}") from exc
+        if not isinstance(unverified, dict):
+            raise InvalidRequest(invalid, detail="payload is not a JSON object")
+        upstream = self._config.upstream(str(unverified.get("iss", "")))
+        if upstream is None:
+            raise InvalidRequest(invalid, detail=f"untrusted issuer {unverified.get('iss')!r}")
+        alg = header.get("alg")
+        # An allowlist per issuer: `none` and HMAC never verify, whatever the header says.
+        if alg not in upstream.algorithms:
+            raise InvalidRequest(invalid, detail=f"algorithm {alg!r} not allowed")
+        self._check_typ(header.get("typ"), upstream)
+        kid = header.get("kid")
+        try:
+            keyset = await self._keys.keys_for(upstream, kid if isinstance(kid, str) else None)
+        except UpstreamUnavailable as exc:
+            raise TemporarilyUnavailable(
+                "the upstream issuer's keys cannot be fetched", detail=str(exc)
+            ) from exc
+        try:
+            # Only the issuer's published keys are used: `jku`, `x5u` and `jwk` headers are ignored.
+            claims = dict(jwt.decode(token, keyset, algorithms=list(upstream.algorithms)).claims)
+        except (JoseError, ValueError, TypeError) as exc:
+            raise InvalidRequest(invalid, detail=f"signature: {exc}") from exc
+        return self._check_claims(claims, upstream, client)
+
+    def _check_typ(self, typ: object, upstream: Upstream) -> None:
+        normalized = str(typ).lower().removeprefix("application/") if typ is not None else None
+        allowed: set[str | None] = set()
+        if "at+jwt" in upstream.token_types:
+            allowed.add("at+jwt")
+        if "jwt" in upstream.token_types:
+            allowed.update({"jwt", None})
+        if normalized not in allowed:
+            raise InvalidRequest("subject_token is invalid", detail=f"typ {typ!r} not accepted")
+
+    def _check_claims(self, claims: dict[str, Any], upstream: Upstream, client: Client) -> Subject:
+        invalid = "subject_token is invalid"
+        now = self._clock.now()
+        leeway = upstream.leeway
+
+        def number(name: str, required: bool) -> int | None:
+            value = claims.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise InvalidRequest(invalid, detail=f"claim {name} missing or not a number")
+            return int(value)
+
+        exp = number("exp", True)
+        assert exp is not None
+        if now >= exp + leeway:
+            raise InvalidRequest("subject_token has expired", detail=f"exp {exp} <= now {now}")
+        nbf = number("nbf", False)
+        if nbf is not None and now < nbf - leeway:
+            raise InvalidRequest(invalid, detail="nbf in the future")
+        iat = number("iat", False)
+        if iat is not None and iat > now + leeway:
+            raise InvalidRequest(invalid, detail="iat in the future")
+        audiences = claims.get("aud")
+        audience_list = [audiences] if isinstance(audiences, str) else audiences
+        if not isinstance(audience_list, list) or not set(map(str, audience_list)) & set(
+            upstream.audiences
+        ):
+            raise InvalidRequest(invalid, detail=f"aud {audiences!r} not accepted")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidRequest(invalid, detail="no sub")
+        # RFC 9068 §2.2: `client_id` names the client the token was issued to. An elevation is
+        # never transferable, so it must be the client presenting it.
+        presented = claims.get("client_id", claims.get("azp"))
+        if presented not in client.presented_ids():
+            raise InvalidRequest(
+                "subject_token was not issued to this client",
+                detail=f"client_id {presented!r} != {client.client_id!r}",
+            )
+        auth_time = number("auth_time", False)
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        scope = claims.get("scope")
+        return Subject(
+            issuer=upstream.issuer,
+            sub=sub,
+            client_id=client.client_id,
+            exp=exp,
+            authenticated_at=auth_time if auth_time is not None else (iat or 0),
+            scope=scope if isinstance(scope, str) else "",
+            cnf_jkt=jkt if isinstance(jkt, str) else None,
+        )

@@ -1,0 +1,129 @@
+"""Token exchange (RFC 8693): the caller's token plus a step-up code for an elevated token."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, Client
+from stepup.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    UnsupportedGrantType,
+)
+from stepup.models import Elevation
+from stepup.services import Services
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+# RFC 7636 §4.1: 43 to 128 unreserved characters.
+_VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+
+
+async def exchange(services: Services, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+    if form.get("grant_type") != GRANT_TYPE:
+        raise UnsupportedGrantType(f"grant_type must be {GRANT_TYPE}")
+    if form.get("actor_token") or form.get("actor_token_type"):
+        raise InvalidRequest("delegation (actor_token) is not supported")
+    requested = form.get("requested_token_type")
+    if requested is not None and requested != TOKEN_TYPE_ACCESS_TOKEN:
+        raise InvalidRequest(f"requested_token_type must be {TOKEN_TYPE_ACCESS_TOKEN}")
+    code = form.get("code")
+    verifier = form.get("code_verifier")
+    if not code:
+        raise InvalidRequest("code is required: the step-up code from the redirect")
+    if not verifier:
+        # RFC 9700 §2.1.1: a code issued with a challenge is never redeemed without a verifier.
+        raise InvalidRequest("code_verifier is required (PKCE)")
+    if not _VERIFIER.match(verifier):
+        raise InvalidRequest("code_verifier must be 43-128 unreserved characters")
+    subject = await services.subjects.validate(
+        form.get("subject_token"), form.get("subject_token_type"), client
+    )
+
+    jti = secrets.token_urlsafe(24)
+    limits = services.config.limits
+    grant, spent_jti = await services.store.redeem_code(
+        code, jti, remember=limits.max_token_lifetime
+    )
+    if grant is None:
+        if spent_jti:
+            # RFC 6749 §4.1.2: a code used twice revokes what the first use issued.
+            await services.store.revoke_elevation(spent_jti)
+            services.audit.record("token.replay", "revoked", client=client.client_id, jti=spent_jti)
+        raise InvalidGrant("code is invalid, expired or already used")
+    if grant.client_id != client.client_id:
+        raise InvalidGrant("code was not issued to this client")
+    if (grant.issuer, grant.sub) != (subject.issuer, subject.sub):
+        raise InvalidGrant("code was issued for another subject")
+    if not hmac.compare_digest(_s256(verifier), grant.code_challenge):
+        raise InvalidGrant("code_verifier does not match the code_challenge")
+
+    for name in ("resource", "audience"):
+        value = form.get(name)
+        if value is not None and value != grant.resource:
+            raise InvalidTarget(f"{name} is not the resource this step-up was approved for")
+    scopes = grant.scopes
+    if form.get("scope"):
+        asked = form["scope"].split()
+        if not set(asked) <= set(grant.scopes):
+            raise InvalidScope("scope is wider than what was approved")
+        scopes = [s for s in grant.scopes if s in asked]
+
+    now = services.now()
+    lifetime = services.policy.lifetime_for(scopes, subject.exp, now)
+    if lifetime <= 0:
+        raise InvalidGrant("subject_token expires now: nothing left to elevate")
+    elevation = Elevation(
+        jti=jti,
+        iss=services.config.issuer,
+        sub=subject.sub,
+        client_id=client.client_id,
+        aud=grant.resource,
+        scope=" ".join(scopes),
+        acr=grant.acr,
+        amr=grant.amr,
+        auth_time=grant.auth_time,
+        iat=now,
+        exp=now + lifetime,
+        single_use=services.policy.single_use(scopes),
+        authorization_details=grant.authorization_details,
+        subject_issuer=subject.issuer,
+    )
+    claims: dict[str, Any] = {
+        "iss": elevation.iss,
+        "sub": elevation.sub,
+        "aud": elevation.aud,
+        "client_id": elevation.client_id,
+        "scope": elevation.scope,
+        "acr": elevation.acr,
+        "amr": elevation.amr,
+        "auth_time": elevation.auth_time,
+        "iat": elevation.iat,
+        "exp": elevation.exp,
+        "jti": elevation.jti,
+    }
+    token = services.signing.sign(claims)
+    await services.store.record_elevation(elevation, lifetime)
+    services.audit.record(
+        "token.issued", "success", subject=subject.key, client=client.client_id, jti=jti,
+        scope=elevation.scope, acr=elevation.acr, expires_in=lifetime,
+    )
+    return {
+        "access_token": token,
+        "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": elevation.scope,
+    }
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

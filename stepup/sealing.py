@@ -1,0 +1,73 @@
+"""Encryption at rest for factor secrets (TOTP seeds): AES-256-GCM with a key id.
+
+The key file holds lines `key-id:base64(32 bytes)`; the first line seals, every line
+opens. To rotate: put a new line first, restart, and old secrets still open; they are
+resealed with the new key the next time they are written.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+class SealingError(Exception):
+    pass
+
+
+class Sealer:
+    def __init__(self, keys: list[tuple[str, bytes]]) -> None:
+        if not keys:
+            raise SealingError("the factor key file holds no key")
+        for key_id, key in keys:
+            if len(key) != 32 or ":" in key_id or not key_id:
+                raise SealingError(f"factor key '{key_id}' must be 32 bytes with a plain id")
+        self._current = keys[0][0]
+        self._keys = {key_id: AESGCM(key) for key_id, key in keys}
+
+    @classmethod
+    def load(cls, path: Path) -> Sealer:
+        try:
+            lines = path.read_text(encoding="ascii").split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SealingError(f"{path}: cannot read the factor key file: {exc}") from exc
+        keys: list[tuple[str, bytes]] = []
+        for line in lines:
+            key_id, _, encoded = line.partition(":")
+            try:
+                keys.append((key_id, base64.b64decode(encoded, validate=True)))
+            except ValueError as exc:
+                raise SealingError(f"{path}: key '{key_id}' is not base64") from exc
+        return cls(keys)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Sealer:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(new_key_line() + "\n")
+        return cls.load(path)
+
+    def seal(self, plaintext: str, context: str) -> str:
+        # The context (subject and factor) is bound as associated data, so a sealed secret
+        # copied onto another subject's record does not open.
+        nonce = os.urandom(12)
+        sealed = self._keys[self._current].encrypt(nonce, plaintext.encode(), context.encode())
+        return f"{self._current}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
+
+    def open(self, sealed: str, context: str) -> str:
+        key_id, _, body = sealed.partition(":")
+        aead = self._keys.get(key_id)
+        if aead is None:
+            raise SealingError(f"no factor key '{key_id}' to open this secret")
+        raw = base64.urlsafe_b64decode(body)
+        return aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+
+
+def new_key_line() -> str:
+    return f"k{secrets.token_hex(4)}:{base64.b64encode(os.urandom(32)).decode()}"

@@ -1,0 +1,33 @@
+"""Everything a request handler needs, built once at startup and passed in (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stepup.audit import Audit
+from stepup.clock import Clock
+from stepup.config import Config
+from stepup.factors.verify import Verifier
+from stepup.policy import Policy
+from stepup.protocol.subject import SubjectValidator
+from stepup.sealing import Sealer
+from stepup.signing import SigningKeys
+from stepup.storage.base import Store
+from stepup.throttle import Throttle
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    store: Store
+    signing: SigningKeys
+    sealer: Sealer
+    subjects: SubjectValidator
+    policy: Policy
+    throttle: Throttle
+    audit: Audit
+    verifier: Verifier
+
+    def now(self) -> int:
+        return int(self.clock.now())

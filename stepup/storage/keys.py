@@ -1,0 +1,64 @@
+"""Every Redis key stepup uses, built in one place.
+
+Keys that one operation touches together share a `{hash tag}` so they land in one
+Redis Cluster slot. Subjects are keyed by a digest of (issuer, sub): `sub` is unique
+only per issuer, and a digest keeps arbitrary characters out of key names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "stepup"
+
+
+def subject_id(issuer: str, sub: str) -> str:
+    return hashlib.sha256(f"{issuer}\x00{sub}".encode()).hexdigest()[:32]
+
+
+def digest(secret: str) -> str:
+    # One-time handles (codes, request URIs) are looked up by digest, so a dump of Redis
+    # does not hand out live credentials.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def pending_request(request_id: str) -> str:
+    return f"{PREFIX}:par:{digest(request_id)}"
+
+
+def interaction(interaction_id: str) -> str:
+    return f"{PREFIX}:ia:{digest(interaction_id)}"
+
+
+def enrollment(enrollment_id: str) -> str:
+    return f"{PREFIX}:enrol:{digest(enrollment_id)}"
+
+
+def code(code_value: str) -> str:
+    return f"{PREFIX}:{{c:{digest(code_value)}}}:code"
+
+
+def code_spent(code_value: str) -> str:
+    """Remembers which token a redeemed code produced, to revoke it on a replay."""
+    return f"{PREFIX}:{{c:{digest(code_value)}}}:spent"
+
+
+def elevation(jti: str) -> str:
+    return f"{PREFIX}:tok:{jti}"
+
+
+def factors(subject: str) -> str:
+    """A hash of factor id -> factor record. Durable: no TTL."""
+    return f"{PREFIX}:{{s:{subject}}}:factors"
+
+
+def totp_last_step(subject: str, factor_id: str) -> str:
+    return f"{PREFIX}:{{s:{subject}}}:totp:{factor_id}"
+
+
+def throttle(subject: str) -> str:
+    return f"{PREFIX}:{{s:{subject}}}:throttle"
+
+
+def recent_stepup(subject: str, client_id: str) -> str:
+    return f"{PREFIX}:{{s:{subject}}}:recent:{digest(client_id)[:16]}"

@@ -1,0 +1,188 @@
+"""The Redis store: the only module that talks to Redis.
+
+Each one-time thing is consumed by a single atomic command (GETDEL) or a Lua script,
+never by a read followed by a write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from stepup import models
+from stepup.models import Elevation, Factor, Grant, RecentStepUp
+from stepup.storage import keys
+
+T = TypeVar("T")
+
+# KEYS[1] the code, KEYS[2] its spent marker; ARGV[1] the jti the redemption will issue,
+# ARGV[2] how long to remember the marker. Returns the grant, or {false, spent jti} on replay.
+REDEEM_CODE = """
+local grant = redis.call('GETDEL', KEYS[1])
+if grant then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {grant, false}
+end
+return {false, redis.call('GET', KEYS[2])}
+"""
+
+# KEYS[1] the last accepted time step of a TOTP factor; ARGV[1] the step now presented,
+# ARGV[2] the marker's lifetime. A step is accepted once, and never one older than the last.
+CLAIM_STEP = """
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(last) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] the subject's throttle hash; ARGV[1] now, ARGV[2] free attempts, ARGV[3] base delay,
+# ARGV[4] max delay, ARGV[5] max failures, ARGV[6] lockout seconds.
+# Counts one failure and returns {failures, blocked_until}: waits grow 2^n after the free attempts.
+RECORD_FAILURE = """
+local now = tonumber(ARGV[1])
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local until_ = 0
+if failures >= tonumber(ARGV[5]) then
+  until_ = now + tonumber(ARGV[6])
+elseif failures > tonumber(ARGV[2]) then
+  local delay = tonumber(ARGV[3]) * 2 ^ (failures - tonumber(ARGV[2]) - 1)
+  until_ = now + math.min(delay, tonumber(ARGV[4]))
+end
+redis.call('HSET', KEYS[1], 'until', until_)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {failures, until_}
+"""
+
+
+# KEYS[1] the subject's factors; ARGV[1] factor id, ARGV[2] the record.
+# Adds the factor only while the subject has none, so two racing first enrolments cannot both win.
+ADD_FIRST_FACTOR = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def connect(url: str) -> aioredis.Redis | RedisCluster:
+    timeouts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **timeouts)
+    return aioredis.Redis.from_url(url, **timeouts)
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+        self.redis = client
+        self._redeem = client.register_script(REDEEM_CODE)
+        self._claim_step = client.register_script(CLAIM_STEP)
+        self._record_failure = client.register_script(RECORD_FAILURE)
+        self._add_first_factor = client.register_script(ADD_FIRST_FACTOR)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # -- short-lived records --------------------------------------------------------------
+
+    async def put(self, key: str, record: object, ttl: int) -> None:
+        await self.redis.set(key, models.dump(record), ex=max(1, ttl))
+
+    async def get(self, key: str, cls: type[T]) -> T | None:
+        raw = await self.redis.get(key)
+        return None if raw is None else models.load(cls, raw)
+
+    async def take(self, key: str, cls: type[T]) -> T | None:
+        raw = await self.redis.getdel(key)
+        return None if raw is None else models.load(cls, raw)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self.redis.delete(key))
+
+    # -- authorization codes --------------------------------------------------------------
+
+    async def redeem_code(self, code: str, jti: str, remember: int) -> tuple[Grant | None, str | None]:
+        """Consume a code. Returns (grant, None), or (None, jti it produced) on replay."""
+        grant, spent = await self._redeem(
+            keys=[keys.code(code), keys.code_spent(code)], args=[jti, remember]
+        )
+        if grant:
+            return models.load(Grant, grant), None
+        return None, spent.decode() if spent else None
+
+    # -- elevated tokens ------------------------------------------------------------------
+
+    async def record_elevation(self, elevation: Elevation, ttl: int) -> None:
+        await self.put(keys.elevation(elevation.jti), elevation, ttl)
+
+    async def elevation(self, jti: str) -> Elevation | None:
+        return await self.get(keys.elevation(jti), Elevation)
+
+    async def consume_elevation(self, jti: str) -> Elevation | None:
+        return await self.take(keys.elevation(jti), Elevation)
+
+    async def revoke_elevation(self, jti: str) -> bool:
+        return await self.delete(keys.elevation(jti))
+
+    # -- factors (durable) ----------------------------------------------------------------
+
+    async def factors(self, subject: str) -> list[Factor]:
+        raw = await self.redis.hgetall(keys.factors(subject))
+        found = [models.load(Factor, value) for value in raw.values()]
+        return sorted(found, key=lambda f: (f.created_at, f.id))
+
+    async def save_factor(self, subject: str, factor: Factor) -> None:
+        await self.redis.hset(keys.factors(subject), factor.id, models.dump(factor))
+
+    async def add_first_factor(self, subject: str, factor: Factor) -> bool:
+        """Adds a factor only while the subject has none (two racing enrolments: one wins)."""
+        added = await self._add_first_factor(
+            keys=[keys.factors(subject)], args=[factor.id, models.dump(factor)]
+        )
+        return bool(added)
+
+    async def remove_factor(self, subject: str, factor_id: str) -> bool:
+        return bool(await self.redis.hdel(keys.factors(subject), factor_id))
+
+    async def claim_totp_step(self, subject: str, factor_id: str, step: int, ttl: int) -> bool:
+        key = keys.totp_last_step(subject, factor_id)
+        return bool(await self._claim_step(keys=[key], args=[step, ttl]))
+
+    # -- throttling -----------------------------------------------------------------------
+
+    async def blocked_until(self, subject: str) -> float:
+        value = await self.redis.hget(keys.throttle(subject), "until")
+        return float(value) if value else 0.0
+
+    async def record_failure(
+        self, subject: str, now: int, free: int, base: int, cap: int, limit: int, lockout: int
+    ) -> tuple[int, float]:
+        failures, until = await self._record_failure(
+            keys=[keys.throttle(subject)], args=[now, free, base, cap, limit, lockout]
+        )
+        return int(failures), float(until)
+
+    async def clear_failures(self, subject: str) -> None:
+        await self.redis.delete(keys.throttle(subject))
+
+    # -- recently proven step-ups -----------------------------------------------------------
+
+    async def remember_stepup(
+        self, subject: str, client_id: str, recent: RecentStepUp, ttl: int
+    ) -> None:
+        key = keys.recent_stepup(subject, client_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, recent.acr, models.dump(recent))
+            pipe.expire(key, max(1, ttl))
+            await pipe.execute()
+
+    async def recent_stepups(self, subject: str, client_id: str) -> list[RecentStepUp]:
+        raw = await self.redis.hgetall(keys.recent_stepup(subject, client_id))
+        return [models.load(RecentStepUp, value) for value in raw.values()]

@@ -1,0 +1,123 @@
+"""The JSON endpoints: each reads the request, calls the protocol step, writes the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stepup.config import Client, ResourceServer
+from stepup.errors import OAuthError, TemporarilyUnavailable
+from stepup.protocol import enrollment, introspection, metadata, par, revocation, token_exchange
+from stepup.protocol.client_auth import authenticate, authenticate_client
+from stepup.services import Services
+from stepup.web.forms import read_form
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_log_detail = logging.getLogger("stepup.errors")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def oauth_error(exc: OAuthError) -> JSONResponse:
+    body = {"error": exc.error, "error_description": exc.description}
+    return JSONResponse(body, exc.status, headers={**NO_STORE, **exc.headers()})
+
+
+Handler = Callable[[Request, Services], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Errors become RFC 6749 §5.2 JSON; an unreachable Redis fails closed with 503."""
+
+    async def run(request: Request) -> Response:
+        services: Services = request.app.state.services
+        try:
+            return await handler(request, services)
+        except OAuthError as exc:
+            _log_detail.info("%s %s: %s", request.url.path, exc.error, exc.detail)
+            return oauth_error(exc)
+        except redis.exceptions.RedisError as exc:
+            _log_detail.warning("%s: storage unavailable: %s", request.url.path, exc)
+            return oauth_error(TemporarilyUnavailable("storage is unavailable, try again shortly"))
+
+    return run
+
+
+def _authorization(request: Request) -> str | None:
+    return request.headers.get("authorization")
+
+
+@endpoint
+async def metadata_document(request: Request, services: Services) -> Response:
+    return JSONResponse(metadata.metadata(services.config, services.signing),
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+@endpoint
+async def jwks(request: Request, services: Services) -> Response:
+    return JSONResponse(services.signing.public_jwks(),
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+@endpoint
+async def pushed_authorization(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    client = authenticate_client(services.config, _authorization(request), form)
+    return JSONResponse(await par.push(services, client, form), 201, headers=NO_STORE)
+
+
+@endpoint
+async def token(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    client = authenticate_client(services.config, _authorization(request), form)
+    return JSONResponse(await token_exchange.exchange(services, client, form), headers=NO_STORE)
+
+
+@endpoint
+async def introspect(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    server = authenticate(services.config, _authorization(request), form, admit="resource_server")
+    assert isinstance(server, ResourceServer)
+    return JSONResponse(await introspection.introspect(services, server, form), headers=NO_STORE)
+
+
+@endpoint
+async def revoke(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    caller = authenticate(services.config, _authorization(request), form, admit="any")
+    assert isinstance(caller, Client | ResourceServer)
+    await revocation.revoke(services, caller, form)
+    return Response(b"", 200, headers=NO_STORE)
+
+
+@endpoint
+async def enroll(request: Request, services: Services) -> Response:
+    form = await read_form(request)
+    client = authenticate_client(services.config, _authorization(request), form)
+    return JSONResponse(await enrollment.create(services, client, form), 201, headers=NO_STORE)
+
+
+@endpoint
+async def healthz(request: Request, services: Services) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        await services.store.ping()
+    except redis.exceptions.RedisError:
+        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503,
+                            headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready", "redis": "ok"})

@@ -1,0 +1,35 @@
+"""The whole route table of stepup on one screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stepup.web import api, pages
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+
+API_PATHS = frozenset(
+    {"/.well-known/oauth-authorization-server", "/jwks", "/par", "/token", "/introspect",
+     "/revoke", "/enroll", "/healthz", "/readyz"}
+)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/.well-known/oauth-authorization-server", api.metadata_document, methods=["GET"]),
+        Route("/jwks", api.jwks, methods=["GET"]),
+        Route("/par", api.pushed_authorization, methods=["POST"]),
+        Route("/token", api.token, methods=["POST"]),
+        Route("/introspect", api.introspect, methods=["POST"]),
+        Route("/revoke", api.revoke, methods=["POST"]),
+        Route("/enroll", api.enroll, methods=["POST"]),
+        Route("/authorize", pages.authorization, methods=["GET"]),
+        Route("/interaction/{interaction_id}", pages.interaction, methods=["GET", "POST"]),
+        Route("/enroll/{enrollment_id}", pages.enrol, methods=["GET", "POST"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]

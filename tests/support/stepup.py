@@ -1,0 +1,236 @@
+"""A stepup under test: an upstream IdP key of the test's own, a policy, a live server, and
+a client that walks the loop over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pyotp
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from stepup.app import create_app
+from stepup.clock import FrozenClock
+from stepup.config import Config, hash_secret, parse
+from tests.support.server import LiveServer
+
+ISSUER_UPSTREAM = "https://idp.example"
+API = "https://api.example"
+OTHER_API = "https://other-api.example"
+REDIRECT = "http://localhost:9999/callback"
+CLIENT_ID, CLIENT_SECRET = "bank", "bank-secret-0123456789abcdef"
+OTHER_ID, OTHER_SECRET = "shop", "shop-secret-0123456789abcdef"
+RS_ID, RS_SECRET = "payments-rs", "rs-secret-0123456789abcdef"
+OTHER_RS_ID, OTHER_RS_SECRET = "other-rs", "other-rs-secret-0123456789ab"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+CHALLENGE = (
+    'Bearer error="insufficient_user_authentication", '
+    'error_description="A stronger authentication is required", '
+    'acr_values="urn:stepup:acr:mfa", max_age=300'
+)
+
+
+class Upstream:
+    """The upstream IdP: a signing key whose JWKS stepup reads from a file."""
+
+    def __init__(self, directory: Path, clock: FrozenClock) -> None:
+        self.key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+        self.clock = clock
+        self.jwks_file = directory / "upstream-jwks.json"
+        public = self.key.as_dict(private=False)
+        self.jwks_file.write_text(json.dumps({"keys": [public]}))
+
+    def token(
+        self,
+        sub: str = "alice",
+        client_id: str = CLIENT_ID,
+        *,
+        aud: str | list[str] = API,
+        age: int = 0,
+        lifetime: int = 3600,
+        header: dict[str, Any] | None = None,
+        key: ECKey | None = None,
+        **claims: Any,
+    ) -> str:
+        now = int(self.clock.now()) - age
+        body: dict[str, Any] = {
+            "iss": ISSUER_UPSTREAM, "sub": sub, "aud": aud, "client_id": client_id,
+            "iat": now, "auth_time": now, "exp": now + lifetime, "jti": secrets.token_hex(8),
+            "scope": "payments:read",
+        }
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        signing_key = key or self.key
+        head = {"alg": "ES256", "typ": "at+jwt", "kid": signing_key.kid}
+        head.update(header or {})
+        return jwt.encode(head, body, signing_key)
+
+
+def policy_document(upstream: Upstream, data_dir: Path, **limits: Any) -> dict[str, Any]:
+    return {
+        "issuer": "http://localhost:8000",
+        "server": {"data_dir": str(data_dir)},
+        "limits": limits,
+        "upstream": [
+            {"issuer": ISSUER_UPSTREAM, "jwks_file": str(upstream.jwks_file), "audiences": [API, OTHER_API]}
+        ],
+        "clients": [
+            {"client_id": CLIENT_ID, "name": "Example Bank", "secret_hash": hash_secret(CLIENT_SECRET),
+             "redirect_uris": [REDIRECT], "scopes": ["payments:write", "keys:admin", "audit:read"],
+             "resources": [API]},
+            {"client_id": OTHER_ID, "name": "Example Shop", "secret_hash": hash_secret(OTHER_SECRET),
+             "redirect_uris": ["http://localhost:9998/cb"], "scopes": ["payments:write"],
+             "resources": [API, OTHER_API]},
+        ],
+        "resource_servers": [
+            {"id": RS_ID, "name": "Payments API", "secret_hash": hash_secret(RS_SECRET), "resources": [API]},
+            {"id": OTHER_RS_ID, "name": "Other API", "secret_hash": hash_secret(OTHER_RS_SECRET),
+             "resources": [OTHER_API]},
+        ],
+        "scopes": {
+            "payments:write": {"acr": "urn:stepup:acr:mfa", "description": "Send payments",
+                               "max_age": 300, "token_lifetime": 300},
+            "audit:read": {"acr": "urn:stepup:acr:mfa", "description": "Read the audit log",
+                           "max_age": 0, "token_lifetime": 120, "single_use": True},
+            "keys:admin": {"acr": "urn:stepup:acr:phr", "description": "Manage signing keys",
+                           "max_age": 60, "token_lifetime": 60},
+        },
+    }
+
+
+def make_config(upstream: Upstream, data_dir: Path, **limits: Any) -> Config:
+    return parse(policy_document(upstream, data_dir, **limits), base_dir=data_dir)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    return verifier, challenge.decode()
+
+
+def hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert match, f"no hidden field {name} in page"
+    return match.group(1)
+
+
+def manual_key(html: str) -> str:
+    match = re.search(r'id="totp-secret"[^>]*>([A-Z2-7 ]+)<', html)
+    assert match, "no manual TOTP key on the page"
+    return match.group(1).replace(" ", "")
+
+
+@dataclass
+class Stepup:
+    """A running stepup and the pieces a test needs to drive it."""
+
+    url: str
+    config: Config
+    clock: FrozenClock
+    upstream: Upstream
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def browser(self) -> httpx.Client:
+        """A separate cookie jar: one end user's browser."""
+        return httpx.Client(base_url=self.url, timeout=10.0, follow_redirects=False)
+
+    def par(self, subject_token: str | None = None, *, auth: tuple[str, str] | None = None,
+            **fields: str | None) -> httpx.Response:
+        verifier, challenge = pkce()
+        body: dict[str, str | None] = {
+            "subject_token": subject_token or self.upstream.token(),
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "challenge": CHALLENGE,
+            "scope": "payments:write",
+            "resource": API,
+            "redirect_uri": REDIRECT,
+            "state": "st-" + secrets.token_hex(4),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        body.update(fields)
+        return self.http.post("/par", data={k: v for k, v in body.items() if v is not None},
+                              auth=auth or (CLIENT_ID, CLIENT_SECRET))
+
+    def open_authorization(self, browser: httpx.Client, request_uri: str,
+                           client_id: str = CLIENT_ID) -> httpx.Response:
+        started = browser.get("/authorize", params={"client_id": client_id, "request_uri": request_uri})
+        if started.status_code == 303 and started.headers["location"].startswith("/interaction/"):
+            return browser.get(started.headers["location"])
+        return started
+
+    def totp_code(self, secret: str, offset_steps: int = 0) -> str:
+        return pyotp.TOTP(secret).at(self.clock.now() + 30 * offset_steps)
+
+    def token(self, code: str, verifier: str, subject_token: str | None = None,
+              auth: tuple[str, str] | None = None, **fields: str | None) -> httpx.Response:
+        body: dict[str, str | None] = {
+            "grant_type": EXCHANGE,
+            "subject_token": subject_token or self.upstream.token(),
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "code": code,
+            "code_verifier": verifier,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+        body.update(fields)
+        return self.http.post("/token", data={k: v for k, v in body.items() if v is not None},
+                              auth=auth or (CLIENT_ID, CLIENT_SECRET))
+
+    def introspect(self, token: str, auth: tuple[str, str] = (RS_ID, RS_SECRET)) -> httpx.Response:
+        return self.http.post("/introspect", data={"token": token}, auth=auth)
+
+    def revoke(self, token: str, auth: tuple[str, str] = (CLIENT_ID, CLIENT_SECRET)) -> httpx.Response:
+        return self.http.post("/revoke", data={"token": token, "token_type_hint": "access_token"},
+                              auth=auth)
+
+    def step_up(self, browser: httpx.Client, secret: str | None = None, sub: str = "alice",
+                **par_fields: str | None) -> tuple[dict[str, list[str]], str, str]:
+        """Runs intake, the page (enrolling TOTP the first time), and returns
+        (redirect query, code_verifier, totp secret)."""
+        verifier, challenge = pkce()
+        par_fields.setdefault("code_challenge", challenge)
+        pushed = self.par(self.upstream.token(sub), **par_fields)
+        assert pushed.status_code == 201, pushed.text
+        page = self.open_authorization(browser, pushed.json()["request_uri"])
+        assert page.status_code == 200, page.text
+        if secret is None:
+            secret = manual_key(page.text)
+        self.clock.advance(30)  # a fresh time step for each proof
+        answer = browser.post(page.url.path, data={
+            "csrf": hidden(page.text, "csrf"), "action": "verify", "code": self.totp_code(secret)})
+        assert answer.status_code == 303, answer.text
+        query = parse_qs(urlsplit(answer.headers["location"]).query)
+        return query, verifier, secret
+
+
+@contextmanager
+def running_stepup(config: Config, redis_url: str, clock: FrozenClock, upstream: Upstream) -> Iterator[Stepup]:
+    with LiveServer(create_app(config, redis_url=redis_url, clock=clock)) as live:
+        stepup = Stepup(live.url, config, clock, upstream)
+        try:
+            yield stepup
+        finally:
+            stepup.close()
+
+
+def frozen_now() -> FrozenClock:
+    return FrozenClock(float(int(time.time())))
