@@ -94,9 +94,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = RedisStore(connect(url))
         async with httpx.AsyncClient(follow_redirects=False) as http:
-            services = build_services(
-                config, store, http, clock or SystemClock(), signing, sealer
-            )
+            services = build_services(config, store, http, clock or SystemClock(), signing, sealer)
             app.state.services = services
             app.state.renderer = pages.Renderer(services, env)
             try:

@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from stepup import config as config_module
 from stepup.config import Config, ConfigError
@@ -22,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")
-    serve.add_argument("--config", type=Path, default=os.environ.get("STEPUP_CONFIG"),
-                       required="STEPUP_CONFIG" not in os.environ, help="policy file (TOML)")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("STEPUP_CONFIG"),
+        required="STEPUP_CONFIG" not in os.environ,
+        help="policy file (TOML)",
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
@@ -92,7 +98,8 @@ def _load(path: Path) -> Config | None:
 def _serve(path: Path, host: str | None, port: int | None, workers: int, access_log: bool) -> int:
     import uvicorn
 
-    from stepup.app import StartupError, create_app
+    from stepup import serving
+    from stepup.app import StartupError, create_app, load_keys
     from stepup.sealing import SealingError
     from stepup.signing import SigningKeyError
     from stepup.storage.embedded import EmbeddedRedis, EmbeddedRedisError
@@ -107,16 +114,30 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
             embedded.start()
             print(f"embedded Redis with persistence in {deployment.data_dir}", file=sys.stderr)
         redis_url = embedded.url if embedded else deployment.redis_url
-        options = dict(
-            host=host or deployment.host, port=port or deployment.port, access_log=access_log,
-            proxy_headers=False, server_header=False, timeout_graceful_shutdown=10,
-        )
+        bind_host, bind_port = host or deployment.host, port or deployment.port
+        options: dict[str, Any] = {
+            "access_log": access_log,
+            "proxy_headers": False,
+            "server_header": False,
+            "timeout_graceful_shutdown": 10,
+        }
+        print(f"stepup serving {loaded.issuer} on {bind_host}:{bind_port}", file=sys.stderr)
         if workers > 1:
+            # Each worker builds its own app (and Redis pool) from the environment.
+            load_keys(deployment)  # create the embedded default's key files once, before forking
             os.environ["STEPUP_CONFIG"] = str(path.resolve())
-            os.environ["STEPUP_REDIS_URL"] = str(redis_url)
-            uvicorn.run("stepup.cli:app_factory", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+            os.environ["STEPUP_WORKER_REDIS_URL"] = str(redis_url)
+            uvicorn.run(
+                "stepup.cli:app_factory",
+                factory=True,
+                workers=workers,
+                host=bind_host,
+                port=bind_port,
+                **options,
+            )
         else:
-            uvicorn.run(create_app(loaded, redis_url=redis_url), **options)  # type: ignore[arg-type]
+            app = create_app(loaded, redis_url=redis_url)
+            serving.run([(app, bind_port)], bind_host, **options)
     except (StartupError, EmbeddedRedisError, SigningKeyError, SealingError, OSError) as exc:
         print(f"stepup: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
@@ -131,7 +152,7 @@ def app_factory() -> object:
     from stepup.app import create_app
 
     loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
-    return create_app(loaded, redis_url=os.environ.get("STEPUP_REDIS_URL"))
+    return create_app(loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"])
 
 
 if __name__ == "__main__":

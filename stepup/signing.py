@@ -84,7 +84,9 @@ class SigningKeys:
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a token stepup signed, or None; expiry is the caller's to check."""
         try:
-            decoded = jwt.decode(token, self._verify_set, algorithms=list(SIGNING_ALGORITHMS.values()))
+            decoded = jwt.decode(
+                token, self._verify_set, algorithms=list(SIGNING_ALGORITHMS.values())
+            )
         except (JoseError, ValueError, TypeError):
             return None
         if str(decoded.header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):

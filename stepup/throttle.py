@@ -28,8 +28,13 @@ class Throttle:
     async def failed(self, subject: str) -> int:
         s = self._settings
         _, until = await self._store.record_failure(
-            subject, int(self._clock.now()), s.free_attempts, s.base_delay, s.max_delay,
-            s.max_failures, s.lockout,
+            subject,
+            int(self._clock.now()),
+            s.free_attempts,
+            s.base_delay,
+            s.max_delay,
+            s.max_failures,
+            s.lockout,
         )
         return max(0, math.ceil(until - self._clock.now()))
 

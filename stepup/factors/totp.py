@@ -47,7 +47,12 @@ def provisioning_uri(secret: str, account: str, issuer_name: str) -> str:
 def qr_svg(uri: str) -> str:
     buffer = io.BytesIO()
     segno.make(uri, error="m").save(
-        buffer, kind="svg", scale=4, border=2, xmldecl=False, svgns=True,
+        buffer,
+        kind="svg",
+        scale=4,
+        border=2,
+        xmldecl=False,
+        svgns=True,
         title="QR code for your authenticator app",
     )
     return buffer.getvalue().decode()

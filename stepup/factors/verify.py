@@ -83,7 +83,9 @@ class Verifier:
                 ttl = totp.PERIOD * (2 * totp.SKEW_STEPS + 2)
                 if await self._store.claim_totp_step(subject, factor.id, step, ttl):
                     await self._throttle.succeeded(subject)
-                    self._audit.record("factor.verify", "success", subject=subject, factor=factor.id)
+                    self._audit.record(
+                        "factor.verify", "success", subject=subject, factor=factor.id
+                    )
                     return Attempt(factor)
                 self._audit.record("factor.verify", "failure", subject=subject, reason="replay")
                 break

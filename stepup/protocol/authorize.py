@@ -47,7 +47,9 @@ async def start(
     if request is None:
         return error_page("Request expired", EXPIRED)
     if request.client_id != client_id:
-        services.audit.record("authorize.start", "refused", client=client_id, reason="client mismatch")
+        services.audit.record(
+            "authorize.start", "refused", client=client_id, reason="client mismatch"
+        )
         return error_page("Unknown request", "This link does not belong to that app.")
     level = services.config.levels[request.acr]
     subject = request.subject_key
@@ -64,7 +66,9 @@ async def start(
     elif _may_enrol_first_factor(services, request, factors, level, now):
         mode, pending = "enrol", services.verifier.new_totp(subject)
     else:
-        services.audit.record("authorize.start", "unmet", subject=subject, client=client_id, acr=level.uri)
+        services.audit.record(
+            "authorize.start", "unmet", subject=subject, client=client_id, acr=level.uri
+        )
         return Redirect(
             client_redirect(
                 request.redirect_uri,
@@ -129,13 +133,23 @@ async def show(services: Services, interaction_id: str, browser: str | None) -> 
     return _page(services, interaction)
 
 
-def _page(services: Services, interaction: Interaction, error: str | None = None,
-          status: int = 200, retry_after: int | None = None) -> Page:
+def _page(
+    services: Services,
+    interaction: Interaction,
+    error: str | None = None,
+    status: int = 200,
+    retry_after: int | None = None,
+) -> Page:
     context = _context(services, interaction)
     context["error"] = error
     origin = urlsplit(interaction.request["redirect_uri"])
-    return Page("authorize.html", context, status, retry_after,
-                form_origins=(f"{origin.scheme}://{origin.netloc}",))
+    return Page(
+        "authorize.html",
+        context,
+        status,
+        retry_after,
+        form_origins=(f"{origin.scheme}://{origin.netloc}",),
+    )
 
 
 async def submit(
@@ -153,7 +167,9 @@ async def submit(
     if action == "cancel":
         if await services.store.take(key, Interaction) is None:
             return error_page("Request expired", EXPIRED)
-        services.audit.record("stepup.cancelled", "denied", subject=subject, client=request.client_id)
+        services.audit.record(
+            "stepup.cancelled", "denied", subject=subject, client=request.client_id
+        )
         return Redirect(
             client_redirect(
                 request.redirect_uri,
@@ -170,8 +186,13 @@ async def submit(
         candidates = services.verifier.meeting(await services.store.factors(subject), level)
     attempt = await services.verifier.prove_totp(subject, candidates, form.get("code"))
     if attempt.factor is None:
-        return _page(services, interaction, failure_message(attempt.retry_after),
-                     429 if attempt.retry_after else 400, attempt.retry_after or None)
+        return _page(
+            services,
+            interaction,
+            failure_message(attempt.retry_after),
+            429 if attempt.retry_after else 400,
+            attempt.retry_after or None,
+        )
 
     # Consume the interaction atomically: of two racing submissions only one gets a code.
     if await services.store.take(key, Interaction) is None:
@@ -183,13 +204,17 @@ async def submit(
             return error_page(
                 "Already set up", "A factor was set up meanwhile. Go back to the app and try again."
             )
-        services.audit.record("enrolment.added", "success", subject=subject, factor=factor.id,
-                              kind=factor.kind, via="stepup")
+        services.audit.record(
+            "enrolment.added",
+            "success",
+            subject=subject,
+            factor=factor.id,
+            kind=factor.kind,
+            via="stepup",
+        )
     else:
         await services.verifier.touch(subject, factor)
-    return await _issue_code(
-        services, request, services.verifier.amr(factor), services.now()
-    )
+    return await _issue_code(services, request, services.verifier.amr(factor), services.now())
 
 
 def failure_message(retry_after: int) -> str:
@@ -226,8 +251,12 @@ async def _issue_code(
         services.policy.reuse_window,
     )
     services.audit.record(
-        "stepup.approved", "success", subject=request.subject_key, client=request.client_id,
-        acr=request.acr, amr=" ".join(amr),
+        "stepup.approved",
+        "success",
+        subject=request.subject_key,
+        client=request.client_id,
+        acr=request.acr,
+        amr=" ".join(amr),
     )
     return Redirect(
         client_redirect(

@@ -53,14 +53,18 @@ def authenticate(
         found = config.resource_servers.get(identity)
     stored = found.secret_hash if found is not None else _DUMMY_HASH
     if not secret_matches(secret, stored) or found is None:
-        raise InvalidClient("client authentication failed", detail=f"bad credentials for {identity!r}")
+        raise InvalidClient(
+            "client authentication failed", detail=f"bad credentials for {identity!r}"
+        )
     body_id = form.get("client_id")
     if body_id is not None and body_id != identity:
         raise InvalidClient("client authentication failed", detail="client_id does not match")
     return found
 
 
-def authenticate_client(config: Config, authorization: str | None, form: Mapping[str, str]) -> Client:
+def authenticate_client(
+    config: Config, authorization: str | None, form: Mapping[str, str]
+) -> Client:
     client = authenticate(config, authorization, form, admit="client")
     assert isinstance(client, Client)
     return client

@@ -68,14 +68,21 @@ async def show(services: Services, enrollment_id: str, browser: str) -> Page:
         enrollment.browser = browser
         await _save(services, enrollment_id, enrollment)
     elif not hmac.compare_digest(enrollment.browser, browser):
-        return error_page("Open this in the same browser",
-                          "This enrolment link was opened in another browser.", 403)
+        return error_page(
+            "Open this in the same browser",
+            "This enrolment link was opened in another browser.",
+            403,
+        )
     return await _page(services, enrollment_id, enrollment)
 
 
 async def _page(
-    services: Services, enrollment_id: str, enrollment: Enrollment, error: str | None = None,
-    status: int = 200, retry_after: int | None = None,
+    services: Services,
+    enrollment_id: str,
+    enrollment: Enrollment,
+    error: str | None = None,
+    status: int = 200,
+    retry_after: int | None = None,
 ) -> Page:
     subject = enrollment.subject_key
     factors = await services.store.factors(subject)
@@ -130,7 +137,11 @@ async def submit(
         enrollment.proven = True
         await _save(services, enrollment_id, enrollment)
         return await _page(services, enrollment_id, enrollment)
-    if action != "confirm" or enrollment.pending_factor is None or (factors and not enrollment.proven):
+    if (
+        action != "confirm"
+        or enrollment.pending_factor is None
+        or (factors and not enrollment.proven)
+    ):
         # Adding a factor when one exists requires proving an existing one first.
         services.audit.record("enrolment.added", "refused", subject=subject, reason="not proven")
         return error_page("Request refused", "Prove one of your existing factors first.", 403)
@@ -145,18 +156,30 @@ async def submit(
     elif not await services.store.add_first_factor(subject, pending):
         return error_page("Already set up", "A factor was set up meanwhile; nothing was changed.")
     services.audit.record(
-        "enrolment.added", "success", subject=subject, factor=pending.id, kind=pending.kind,
+        "enrolment.added",
+        "success",
+        subject=subject,
+        factor=pending.id,
+        kind=pending.kind,
         client=enrollment.client_id,
     )
     return Page(
         "enrolled.html",
-        {"client_name": services.config.clients[enrollment.client_id].name,
-         "return_uri": enrollment.return_uri},
+        {
+            "client_name": services.config.clients[enrollment.client_id].name,
+            "return_uri": enrollment.return_uri,
+        },
     )
 
 
 async def _failed(
     services: Services, enrollment_id: str, enrollment: Enrollment, retry_after: int
 ) -> Page:
-    return await _page(services, enrollment_id, enrollment, failure_message(retry_after),
-                       429 if retry_after else 400, retry_after or None)
+    return await _page(
+        services,
+        enrollment_id,
+        enrollment,
+        failure_message(retry_after),
+        429 if retry_after else 400,
+        retry_after or None,
+    )

@@ -39,12 +39,14 @@ async def introspect(
     if elevation is None or elevation.aud not in server.resources:
         services.audit.record("token.introspected", "inactive", server=server.id)
         return INACTIVE
-    if elevation.single_use:
-        # Consumed atomically: of racing introspections exactly one sees it active.
-        if await services.store.consume_elevation(elevation.jti) is None:
-            return INACTIVE
+    # A single-use token is consumed atomically: of racing introspections one sees it active.
+    if elevation.single_use and await services.store.consume_elevation(elevation.jti) is None:
+        return INACTIVE
     services.audit.record(
-        "token.introspected", "active", server=server.id, jti=elevation.jti,
+        "token.introspected",
+        "active",
+        server=server.id,
+        jti=elevation.jti,
         consumed=elevation.single_use or None,
     )
     body: dict[str, Any] = {

@@ -26,7 +26,9 @@ def error_page(title: str, message: str, status: int = 400) -> Page:
     return Page("error.html", {"title": title, "message": message}, status)
 
 
-def form_ok(expected_browser: str | None, browser: str | None, csrf: str, submitted: str | None) -> bool:
+def form_ok(
+    expected_browser: str | None, browser: str | None, csrf: str, submitted: str | None
+) -> bool:
     """A form counts only from the browser the flow is bound to, with the page's CSRF token."""
     if not expected_browser or not browser or not submitted:
         return False

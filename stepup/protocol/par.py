@@ -91,8 +91,12 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
     lifetime = services.config.limits.request_uri_lifetime
     await services.store.put(keys.pending_request(request_id), request, lifetime)
     services.audit.record(
-        "challenge.accepted", "success", client=client.client_id, subject=subject.key,
-        acr=level.uri, scope=" ".join(scopes),
+        "challenge.accepted",
+        "success",
+        client=client.client_id,
+        subject=subject.key,
+        acr=level.uri,
+        scope=" ".join(scopes),
     )
     return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": lifetime}
 
@@ -135,7 +139,9 @@ def _requirement(form: Mapping[str, str]) -> tuple[list[str], int | None, list[s
     return acr_values, max_age, list(dict.fromkeys(scopes))
 
 
-def _resource(form: Mapping[str, str], client: Client, services: Services, scopes: list[str]) -> str:
+def _resource(
+    form: Mapping[str, str], client: Client, services: Services, scopes: list[str]
+) -> str:
     resource = form.get("resource")
     if not resource:
         raise InvalidTarget("resource is required: name the API the elevation is for")

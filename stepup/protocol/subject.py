@@ -63,10 +63,9 @@ class UpstreamKeys:
             cached = self._cache.get(upstream.issuer)
             # An unknown kid may mean the issuer rotated; refetch, but not more often than
             # refresh_interval, so forged kids cannot make stepup hammer the issuer.
-            if cached and (
-                _has_kid(cached.keys, kid) and now - cached.fetched_at < self._max_age
-                or now - cached.fetched_at < self._refresh_interval
-            ):
+            fresh = cached is not None and now - cached.fetched_at < self._max_age
+            recent = cached is not None and now - cached.fetched_at < self._refresh_interval
+            if cached and ((fresh and _has_kid(cached.keys, kid)) or recent):
                 return cached.keys
             try:
                 keys = await self._fetch(upstream)
@@ -88,7 +87,10 @@ class UpstreamKeys:
 
     async def _discover(self, upstream: Upstream) -> str:
         base = upstream.issuer.rstrip("/")
-        for suffix in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        for suffix in (
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-authorization-server",
+        ):
             try:
                 document = await self._get_json(base + suffix)
             except UpstreamUnavailable:
@@ -131,7 +133,9 @@ class SubjectValidator:
         if not token_type:
             raise InvalidRequest("subject_token_type is required")
         if token_type not in SUBJECT_TOKEN_TYPES:
-            raise UnsupportedTokenType(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
+            raise UnsupportedTokenType(
+                f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}"
+            )
         invalid = "subject_token is invalid"
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidRequest(invalid, detail="subject token too long")

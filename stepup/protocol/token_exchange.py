@@ -112,8 +112,14 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     token = services.signing.sign(claims)
     await services.store.record_elevation(elevation, lifetime)
     services.audit.record(
-        "token.issued", "success", subject=subject.key, client=client.client_id, jti=jti,
-        scope=elevation.scope, acr=elevation.acr, expires_in=lifetime,
+        "token.issued",
+        "success",
+        subject=subject.key,
+        client=client.client_id,
+        jti=jti,
+        scope=elevation.scope,
+        acr=elevation.acr,
+        expires_in=lifetime,
     )
     return {
         "access_token": token,

@@ -108,7 +108,9 @@ class RedisStore:
 
     # -- authorization codes --------------------------------------------------------------
 
-    async def redeem_code(self, code: str, jti: str, remember: int) -> tuple[Grant | None, str | None]:
+    async def redeem_code(
+        self, code: str, jti: str, remember: int
+    ) -> tuple[Grant | None, str | None]:
         """Consume a code. Returns (grant, None), or (None, jti it produced) on replay."""
         grant, spent = await self._redeem(
             keys=[keys.code(code), keys.code_spent(code)], args=[jti, remember]

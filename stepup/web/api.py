@@ -60,14 +60,17 @@ def _authorization(request: Request) -> str | None:
 
 @endpoint
 async def metadata_document(request: Request, services: Services) -> Response:
-    return JSONResponse(metadata.metadata(services.config, services.signing),
-                        headers={"Cache-Control": "public, max-age=300"})
+    return JSONResponse(
+        metadata.metadata(services.config, services.signing),
+        headers={"Cache-Control": "public, max-age=300"},
+    )
 
 
 @endpoint
 async def jwks(request: Request, services: Services) -> Response:
-    return JSONResponse(services.signing.public_jwks(),
-                        headers={"Cache-Control": "public, max-age=300"})
+    return JSONResponse(
+        services.signing.public_jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )
 
 
 @endpoint
@@ -118,6 +121,7 @@ async def readyz(request: Request) -> Response:
     try:
         await services.store.ping()
     except redis.exceptions.RedisError:
-        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, 503,
-                            headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "unavailable", "redis": "unreachable"}, 503, headers={"Retry-After": "5"}
+        )
     return JSONResponse({"status": "ready", "redis": "ok"})

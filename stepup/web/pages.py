@@ -75,8 +75,13 @@ class Renderer:
         response.headers["Cache-Control"] = "no-store"
         if new_browser:
             response.set_cookie(
-                self.cookie, new_browser, max_age=86400, path="/", secure=self.secure,
-                httponly=True, samesite="lax",
+                self.cookie,
+                new_browser,
+                max_age=86400,
+                path="/",
+                secure=self.secure,
+                httponly=True,
+                samesite="lax",
             )
         return response
 
@@ -96,9 +101,12 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
             _log.warning("%s: storage unavailable: %s", request.url.path, exc)
             outcome = Page(
                 "error.html",
-                {"title": "Temporarily unavailable",
-                 "message": "stepup cannot reach its storage. Nothing was changed; try again in a moment."},
-                503, retry_after=5,
+                {
+                    "title": "Temporarily unavailable",
+                    "message": "stepup cannot reach its storage. Nothing was changed; try again in a moment.",
+                },
+                503,
+                retry_after=5,
             )
         return renderer.respond(outcome, browser if new else None)
 
@@ -106,7 +114,9 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
 
 
 @page
-async def authorization(request: Request, services: Services, browser: str, new: bool) -> Page | Redirect:
+async def authorization(
+    request: Request, services: Services, browser: str, new: bool
+) -> Page | Redirect:
     params = request.query_params
     return await authorize.start(
         services, params.get("client_id"), params.get("request_uri"), browser
@@ -114,7 +124,9 @@ async def authorization(request: Request, services: Services, browser: str, new:
 
 
 @page
-async def interaction(request: Request, services: Services, browser: str, new: bool) -> Page | Redirect:
+async def interaction(
+    request: Request, services: Services, browser: str, new: bool
+) -> Page | Redirect:
     interaction_id = request.path_params["interaction_id"]
     if request.method == "POST":
         return await authorize.submit(
@@ -136,4 +148,3 @@ async def enrol(request: Request, services: Services, browser: str, new: bool) -
 def not_found_page(renderer: Renderer, status: int, detail: str) -> Response:
     titles = {404: "Not found", 405: "Method not allowed"}
     return renderer.respond(error_page(titles.get(status, "Request refused"), detail, status))
-

@@ -12,8 +12,17 @@ from stepup.web import api, pages
 STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
 API_PATHS = frozenset(
-    {"/.well-known/oauth-authorization-server", "/jwks", "/par", "/token", "/introspect",
-     "/revoke", "/enroll", "/healthz", "/readyz"}
+    {
+        "/.well-known/oauth-authorization-server",
+        "/jwks",
+        "/par",
+        "/token",
+        "/introspect",
+        "/revoke",
+        "/enroll",
+        "/healthz",
+        "/readyz",
+    }
 )
 
 

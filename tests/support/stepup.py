@@ -67,8 +67,14 @@ class Upstream:
     ) -> str:
         now = int(self.clock.now()) - age
         body: dict[str, Any] = {
-            "iss": ISSUER_UPSTREAM, "sub": sub, "aud": aud, "client_id": client_id,
-            "iat": now, "auth_time": now, "exp": now + lifetime, "jti": secrets.token_hex(8),
+            "iss": ISSUER_UPSTREAM,
+            "sub": sub,
+            "aud": aud,
+            "client_id": client_id,
+            "iat": now,
+            "auth_time": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_hex(8),
             "scope": "payments:read",
         }
         body.update(claims)
@@ -85,28 +91,64 @@ def policy_document(upstream: Upstream, data_dir: Path, **limits: Any) -> dict[s
         "server": {"data_dir": str(data_dir)},
         "limits": limits,
         "upstream": [
-            {"issuer": ISSUER_UPSTREAM, "jwks_file": str(upstream.jwks_file), "audiences": [API, OTHER_API]}
+            {
+                "issuer": ISSUER_UPSTREAM,
+                "jwks_file": str(upstream.jwks_file),
+                "audiences": [API, OTHER_API],
+            }
         ],
         "clients": [
-            {"client_id": CLIENT_ID, "name": "Example Bank", "secret_hash": hash_secret(CLIENT_SECRET),
-             "redirect_uris": [REDIRECT], "scopes": ["payments:write", "keys:admin", "audit:read"],
-             "resources": [API]},
-            {"client_id": OTHER_ID, "name": "Example Shop", "secret_hash": hash_secret(OTHER_SECRET),
-             "redirect_uris": ["http://localhost:9998/cb"], "scopes": ["payments:write"],
-             "resources": [API, OTHER_API]},
+            {
+                "client_id": CLIENT_ID,
+                "name": "Example Bank",
+                "secret_hash": hash_secret(CLIENT_SECRET),
+                "redirect_uris": [REDIRECT],
+                "scopes": ["payments:write", "keys:admin", "audit:read"],
+                "resources": [API],
+            },
+            {
+                "client_id": OTHER_ID,
+                "name": "Example Shop",
+                "secret_hash": hash_secret(OTHER_SECRET),
+                "redirect_uris": ["http://localhost:9998/cb"],
+                "scopes": ["payments:write"],
+                "resources": [API, OTHER_API],
+            },
         ],
         "resource_servers": [
-            {"id": RS_ID, "name": "Payments API", "secret_hash": hash_secret(RS_SECRET), "resources": [API]},
-            {"id": OTHER_RS_ID, "name": "Other API", "secret_hash": hash_secret(OTHER_RS_SECRET),
-             "resources": [OTHER_API]},
+            {
+                "id": RS_ID,
+                "name": "Payments API",
+                "secret_hash": hash_secret(RS_SECRET),
+                "resources": [API],
+            },
+            {
+                "id": OTHER_RS_ID,
+                "name": "Other API",
+                "secret_hash": hash_secret(OTHER_RS_SECRET),
+                "resources": [OTHER_API],
+            },
         ],
         "scopes": {
-            "payments:write": {"acr": "urn:stepup:acr:mfa", "description": "Send payments",
-                               "max_age": 300, "token_lifetime": 300},
-            "audit:read": {"acr": "urn:stepup:acr:mfa", "description": "Read the audit log",
-                           "max_age": 0, "token_lifetime": 120, "single_use": True},
-            "keys:admin": {"acr": "urn:stepup:acr:phr", "description": "Manage signing keys",
-                           "max_age": 60, "token_lifetime": 60},
+            "payments:write": {
+                "acr": "urn:stepup:acr:mfa",
+                "description": "Send payments",
+                "max_age": 300,
+                "token_lifetime": 300,
+            },
+            "audit:read": {
+                "acr": "urn:stepup:acr:mfa",
+                "description": "Read the audit log",
+                "max_age": 0,
+                "token_lifetime": 120,
+                "single_use": True,
+            },
+            "keys:admin": {
+                "acr": "urn:stepup:acr:phr",
+                "description": "Manage signing keys",
+                "max_age": 60,
+                "token_lifetime": 60,
+            },
         },
     }
 
@@ -153,9 +195,14 @@ class Stepup:
         """A separate cookie jar: one end user's browser."""
         return httpx.Client(base_url=self.url, timeout=10.0, follow_redirects=False)
 
-    def par(self, subject_token: str | None = None, *, auth: tuple[str, str] | None = None,
-            **fields: str | None) -> httpx.Response:
-        verifier, challenge = pkce()
+    def par(
+        self,
+        subject_token: str | None = None,
+        *,
+        auth: tuple[str, str] | None = None,
+        **fields: str | None,
+    ) -> httpx.Response:
+        _, challenge = pkce()
         body: dict[str, str | None] = {
             "subject_token": subject_token or self.upstream.token(),
             "subject_token_type": ACCESS_TOKEN_TYPE,
@@ -168,12 +215,18 @@ class Stepup:
             "code_challenge_method": "S256",
         }
         body.update(fields)
-        return self.http.post("/par", data={k: v for k, v in body.items() if v is not None},
-                              auth=auth or (CLIENT_ID, CLIENT_SECRET))
+        return self.http.post(
+            "/par",
+            data={k: v for k, v in body.items() if v is not None},
+            auth=auth or (CLIENT_ID, CLIENT_SECRET),
+        )
 
-    def open_authorization(self, browser: httpx.Client, request_uri: str,
-                           client_id: str = CLIENT_ID) -> httpx.Response:
-        started = browser.get("/authorize", params={"client_id": client_id, "request_uri": request_uri})
+    def open_authorization(
+        self, browser: httpx.Client, request_uri: str, client_id: str = CLIENT_ID
+    ) -> httpx.Response:
+        started = browser.get(
+            "/authorize", params={"client_id": client_id, "request_uri": request_uri}
+        )
         if started.status_code == 303 and started.headers["location"].startswith("/interaction/"):
             return browser.get(started.headers["location"])
         return started
@@ -181,8 +234,14 @@ class Stepup:
     def totp_code(self, secret: str, offset_steps: int = 0) -> str:
         return pyotp.TOTP(secret).at(self.clock.now() + 30 * offset_steps)
 
-    def token(self, code: str, verifier: str, subject_token: str | None = None,
-              auth: tuple[str, str] | None = None, **fields: str | None) -> httpx.Response:
+    def token(
+        self,
+        code: str,
+        verifier: str,
+        subject_token: str | None = None,
+        auth: tuple[str, str] | None = None,
+        **fields: str | None,
+    ) -> httpx.Response:
         body: dict[str, str | None] = {
             "grant_type": EXCHANGE,
             "subject_token": subject_token or self.upstream.token(),
@@ -192,18 +251,29 @@ class Stepup:
             "requested_token_type": ACCESS_TOKEN_TYPE,
         }
         body.update(fields)
-        return self.http.post("/token", data={k: v for k, v in body.items() if v is not None},
-                              auth=auth or (CLIENT_ID, CLIENT_SECRET))
+        return self.http.post(
+            "/token",
+            data={k: v for k, v in body.items() if v is not None},
+            auth=auth or (CLIENT_ID, CLIENT_SECRET),
+        )
 
     def introspect(self, token: str, auth: tuple[str, str] = (RS_ID, RS_SECRET)) -> httpx.Response:
         return self.http.post("/introspect", data={"token": token}, auth=auth)
 
-    def revoke(self, token: str, auth: tuple[str, str] = (CLIENT_ID, CLIENT_SECRET)) -> httpx.Response:
-        return self.http.post("/revoke", data={"token": token, "token_type_hint": "access_token"},
-                              auth=auth)
+    def revoke(
+        self, token: str, auth: tuple[str, str] = (CLIENT_ID, CLIENT_SECRET)
+    ) -> httpx.Response:
+        return self.http.post(
+            "/revoke", data={"token": token, "token_type_hint": "access_token"}, auth=auth
+        )
 
-    def step_up(self, browser: httpx.Client, secret: str | None = None, sub: str = "alice",
-                **par_fields: str | None) -> tuple[dict[str, list[str]], str, str]:
+    def step_up(
+        self,
+        browser: httpx.Client,
+        secret: str | None = None,
+        sub: str = "alice",
+        **par_fields: str | None,
+    ) -> tuple[dict[str, list[str]], str, str]:
         """Runs intake, the page (enrolling TOTP the first time), and returns
         (redirect query, code_verifier, totp secret)."""
         verifier, challenge = pkce()
@@ -215,15 +285,23 @@ class Stepup:
         if secret is None:
             secret = manual_key(page.text)
         self.clock.advance(30)  # a fresh time step for each proof
-        answer = browser.post(page.url.path, data={
-            "csrf": hidden(page.text, "csrf"), "action": "verify", "code": self.totp_code(secret)})
+        answer = browser.post(
+            page.url.path,
+            data={
+                "csrf": hidden(page.text, "csrf"),
+                "action": "verify",
+                "code": self.totp_code(secret),
+            },
+        )
         assert answer.status_code == 303, answer.text
         query = parse_qs(urlsplit(answer.headers["location"]).query)
         return query, verifier, secret
 
 
 @contextmanager
-def running_stepup(config: Config, redis_url: str, clock: FrozenClock, upstream: Upstream) -> Iterator[Stepup]:
+def running_stepup(
+    config: Config, redis_url: str, clock: FrozenClock, upstream: Upstream
+) -> Iterator[Stepup]:
     with LiveServer(create_app(config, redis_url=redis_url, clock=clock)) as live:
         stepup = Stepup(live.url, config, clock, upstream)
         try:

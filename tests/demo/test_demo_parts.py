@@ -1,0 +1,652 @@
+"""The demo's parts, in process: the IdP, the policy it writes, the payments API, the client.
+
+Peers talk over real HTTP requests routed to in-process ASGI apps by origin; the client's
+loop runs against a small stand-in for stepup that checks what the client sends.
+The end-to-end run through the real stepup in a browser is elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import stat
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+
+from stepup.clock import FrozenClock
+from stepup.config import ACR_MFA, TOKEN_TYPE_ACCESS_TOKEN, load, secret_matches
+from stepup.demo.api import create_payments_api
+from stepup.demo.client import SESSION_COOKIE, create_client_app, create_demo_apps
+from stepup.demo.idp import create_idp_app, issue_access_token
+from stepup.demo.policy import DemoSettings, load_or_create_idp_key, write_demo_policy
+from stepup.protocol.challenge import parse_www_authenticate, step_up_requirement
+
+pytestmark = pytest.mark.anyio
+
+SETTINGS = DemoSettings()
+NOW = 1_900_000_000.0
+
+
+class Origins(httpx.AsyncBaseTransport):
+    """Routes each request to the in-process app serving its origin, like DNS would."""
+
+    def __init__(self, apps: Mapping[str, ASGIApp]) -> None:
+        # Read at request time: apps that call each other can be added after this is made.
+        self._apps = apps
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        app = self._apps.get(origin)
+        if app is None:
+            raise httpx.ConnectError(f"nothing listens at {origin}", request=request)
+        return await httpx.ASGITransport(app=app).handle_async_request(request)
+
+
+@asynccontextmanager
+async def running(*apps: Starlette) -> AsyncIterator[None]:
+    """Run the apps' lifespans (ASGITransport does not), so their HTTP clients exist."""
+    async with AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        yield
+
+
+@pytest.fixture
+def key() -> ECKey:
+    return ECKey.generate_key("P-256", auto_kid=True)
+
+
+def upstream_token(key: ECKey, **overrides: Any) -> str:
+    arguments: dict[str, Any] = {
+        "issuer": SETTINGS.idp_issuer,
+        "sub": "alice",
+        "client_id": SETTINGS.client_id,
+        "audience": SETTINGS.api_base,
+        "now": NOW,
+    }
+    arguments.update(overrides)
+    return issue_access_token(key, **arguments)
+
+
+def idp_host(key: ECKey) -> Starlette:
+    return Starlette(routes=[Mount("/idp", app=create_idp_app(SETTINGS.idp_issuer, key))])
+
+
+# -- the upstream IdP ----------------------------------------------------------------------
+
+
+async def test_idp_token_verifies_with_its_jwks_and_carries_rfc9068_claims(key: ECKey) -> None:
+    async with httpx.AsyncClient(transport=Origins({SETTINGS.client_base: idp_host(key)})) as http:
+        discovery = (
+            await http.get(f"{SETTINGS.idp_issuer}/.well-known/openid-configuration")
+        ).json()
+        assert discovery["issuer"] == SETTINGS.idp_issuer
+        jwks = (await http.get(discovery["jwks_uri"])).json()
+
+    assert all("d" not in published for published in jwks["keys"])
+    token = jwt.decode(upstream_token(key), KeySet.import_key_set(jwks), algorithms=["ES256"])
+    assert token.header == {"typ": "at+jwt", "alg": "ES256", "kid": key.thumbprint()}
+    claims = token.claims
+    assert claims["iss"] == SETTINGS.idp_issuer
+    assert claims["sub"] == "alice"
+    assert claims["aud"] == SETTINGS.api_base
+    assert claims["client_id"] == SETTINGS.client_id
+    assert claims["iat"] == claims["auth_time"] == int(NOW)
+    assert claims["exp"] == int(NOW) + 3600
+    assert claims["scope"] == "payments:read"
+    assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+
+
+async def test_idp_tokens_have_distinct_jti(key: ECKey) -> None:
+    first = jwt.decode(upstream_token(key), key).claims["jti"]
+    second = jwt.decode(upstream_token(key), key).claims["jti"]
+    assert first != second
+
+
+def test_idp_key_is_created_once_and_private_to_its_owner(tmp_path: Path) -> None:
+    first = load_or_create_idp_key(tmp_path)
+    second = load_or_create_idp_key(tmp_path)
+    assert first.kid == second.kid == first.thumbprint()
+    assert second.is_private
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == ["demo-idp-key.json"]
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+
+
+# -- the policy ----------------------------------------------------------------------------
+
+
+def test_written_policy_loads_with_stepup_config(tmp_path: Path) -> None:
+    path = write_demo_policy(tmp_path, SETTINGS)
+    assert path == tmp_path / "demo-policy.toml"
+
+    config = load(path, environ={})
+
+    assert config.issuer == "http://localhost:8000"
+    assert config.deployment.data_dir == tmp_path / "."
+    (upstream,) = config.upstreams
+    assert upstream.issuer == "http://localhost:8001/idp"
+    assert upstream.discovery
+    assert upstream.audiences == ("http://localhost:8002",)
+    client = config.clients["demo-bank"]
+    assert client.name == "Demo Bank"
+    assert secret_matches(SETTINGS.client_secret, client.secret_hash)
+    assert client.redirect_uris == ("http://localhost:8001/callback",)
+    assert client.scopes == ("payments:write",)
+    assert client.resources == ("http://localhost:8002",)
+    server = config.resource_servers["payments-api"]
+    assert secret_matches(SETTINGS.resource_server_secret, server.secret_hash)
+    assert server.resources == ("http://localhost:8002",)
+    rule = config.scopes["payments:write"]
+    assert (rule.acr, rule.max_age, rule.token_lifetime) == (ACR_MFA, 300, 300)
+    assert rule.description == "Send payments from your account"
+
+
+def test_policy_holds_no_plain_secret(tmp_path: Path) -> None:
+    text = write_demo_policy(tmp_path, SETTINGS).read_text()
+    assert SETTINGS.client_secret not in text
+    assert SETTINGS.resource_server_secret not in text
+
+
+# -- the payments API ----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def payments_api(
+    key: ECKey, stepup: Starlette | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    peers: dict[str, ASGIApp] = {SETTINGS.client_base: idp_host(key)}
+    if stepup is not None:
+        peers[SETTINGS.stepup_issuer] = stepup
+    api = create_payments_api(SETTINGS, clock=FrozenClock(NOW), transport=Origins(peers))
+    async with (
+        running(api),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api), base_url=SETTINGS.api_base
+        ) as http,
+    ):
+        yield http
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_api_answers_a_payment_with_the_upstream_token_with_a_step_up_challenge(
+    key: ECKey,
+) -> None:
+    async with payments_api(key) as api:
+        response = await api.post(
+            "/payments",
+            json={"amount": "25.00", "payee": "Bob"},
+            headers=bearer(upstream_token(key)),
+        )
+
+    assert response.status_code == 401
+    requirement = step_up_requirement(parse_www_authenticate(response.headers["www-authenticate"]))
+    assert requirement.error == "insufficient_user_authentication"
+    assert requirement.acr_values == ("urn:stepup:acr:mfa",)
+    assert requirement.max_age == 300
+    assert requirement.error_description == (
+        "A stronger authentication is required to send a payment"
+    )
+
+
+async def test_api_answers_a_payment_without_a_token_with_the_step_up_challenge(
+    key: ECKey,
+) -> None:
+    async with payments_api(key) as api:
+        response = await api.post("/payments", json={"amount": "25.00", "payee": "Bob"})
+
+    assert response.status_code == 401
+    (challenge,) = parse_www_authenticate(response.headers["www-authenticate"])
+    assert challenge.params["error"] == "insufficient_user_authentication"
+
+
+def signed_by_an_impostor(key: ECKey) -> str:
+    # Same kid and issuer, but signed by a key the IdP never published.
+    impostor = ECKey.generate_key("P-256", parameters={"kid": key.thumbprint()})
+    return upstream_token(impostor)
+
+
+def with_payload_changed(key: ECKey) -> str:
+    # A genuine signature over claims that are no longer the ones sent.
+    header, payload, signature = upstream_token(key).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "mallory"
+    changed = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{changed}.{signature}"
+
+
+@pytest.mark.parametrize("forge", [signed_by_an_impostor, with_payload_changed])
+async def test_api_refuses_an_upstream_token_with_a_bad_signature(
+    key: ECKey, forge: Callable[[ECKey], str]
+) -> None:
+    forged = forge(key)
+    async with payments_api(key) as api:
+        balance = await api.get("/balance", headers=bearer(forged))
+        payment = await api.post(
+            "/payments", json={"amount": "1.00", "payee": "Mallory"}, headers=bearer(forged)
+        )
+
+    for response in (balance, payment):
+        assert response.status_code == 401
+        (challenge,) = parse_www_authenticate(response.headers["www-authenticate"])
+        assert challenge.params["error"] == "invalid_token"
+        assert response.json()["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"audience": "http://localhost:9999"},
+        {"now": NOW - 7200},
+        {"issuer": "http://localhost:8001/other"},
+    ],
+    ids=["other audience", "expired", "other issuer"],
+)
+async def test_api_refuses_an_upstream_token_not_meant_for_it(
+    key: ECKey, overrides: dict[str, Any]
+) -> None:
+    async with payments_api(key, stepup=FakeStepup().app()) as api:
+        response = await api.get("/balance", headers=bearer(upstream_token(key, **overrides)))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+
+
+async def test_api_shows_the_balance_for_the_upstream_token(key: ECKey) -> None:
+    async with payments_api(key) as api:
+        response = await api.get("/balance", headers=bearer(upstream_token(key)))
+    assert response.status_code == 200
+    assert response.json() == {
+        "sub": "alice",
+        "balance": "1250.00",
+        "currency": "EUR",
+        "payments": [],
+    }
+
+
+async def test_api_pays_with_an_active_elevated_token_once(key: ECKey) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice")
+    async with payments_api(key, stepup=stepup.app()) as api:
+        paid = await api.post(
+            "/payments", data={"amount": "25.5", "payee": "Bob"}, headers=bearer(elevated)
+        )
+        again = await api.post(
+            "/payments", data={"amount": "25.5", "payee": "Bob"}, headers=bearer(elevated)
+        )
+        balance = await api.get("/balance", headers=bearer(upstream_token(key)))
+
+    assert paid.status_code == 201
+    assert paid.json()["amount"] == "25.50"
+    assert paid.json()["balance"] == "1224.50"
+    assert stepup.introspected_by == ["payments-api", "payments-api"]
+    assert again.status_code == 401
+    assert balance.json()["balance"] == "1224.50"
+
+
+async def test_api_refuses_a_revoked_elevated_token(key: ECKey) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice")
+    stepup.active.clear()
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+        )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+
+
+async def test_api_wants_payments_write_in_the_elevated_token(key: ECKey) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice", scope="payments:read")
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+        )
+    assert response.status_code == 403
+    requirement = step_up_requirement(parse_www_authenticate(response.headers["www-authenticate"]))
+    assert (requirement.error, requirement.scope) == ("insufficient_scope", ("payments:write",))
+
+
+async def test_api_refuses_an_elevation_proven_too_long_ago(key: ECKey) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice", auth_time=int(NOW) - 301)
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+        )
+    assert response.status_code == 401
+    assert "insufficient_user_authentication" in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("amount", ["0", "-5", "1.001", "abc", "NaN", "1e9", ""])
+async def test_api_refuses_a_bad_amount(key: ECKey, amount: str) -> None:
+    stepup = FakeStepup()
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments",
+            json={"amount": amount, "payee": "Bob"},
+            headers=bearer(stepup.elevate("alice")),
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+# -- a stand-in for stepup, checking what the demo sends ------------------------------------
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    user, _, secret = base64.b64decode(encoded).decode().partition(":")
+    return user, secret
+
+
+@dataclass
+class FakeStepup:
+    issuer: str = SETTINGS.stepup_issuer
+    requests: dict[str, dict[str, str]] = field(default_factory=dict)
+    codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    active: dict[str, dict[str, Any]] = field(default_factory=dict)
+    introspected_by: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    pushed: list[dict[str, str]] = field(default_factory=list)
+    exchanged: list[dict[str, str]] = field(default_factory=list)
+
+    def elevate(self, sub: str, **overrides: Any) -> str:
+        token = secrets.token_urlsafe(24)
+        self.active[token] = {
+            "active": True,
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": SETTINGS.api_base,
+            "client_id": SETTINGS.client_id,
+            "scope": "payments:write",
+            "acr": ACR_MFA,
+            "amr": ["otp"],
+            "auth_time": int(NOW) - 5,
+            "exp": int(NOW) + 300,
+            **overrides,
+        }
+        return token
+
+    def approve(self, request_uri: str) -> str:
+        """What the user's visit to the authorization endpoint ends in: a code."""
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = self.requests.pop(request_uri)
+        return code
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/.well-known/oauth-authorization-server", self._metadata),
+                Route("/par", self._par, methods=["POST"]),
+                Route("/token", self._token, methods=["POST"]),
+                Route("/introspect", self._introspect, methods=["POST"]),
+                Route("/revoke", self._revoke, methods=["POST"]),
+            ]
+        )
+
+    async def _metadata(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "pushed_authorization_request_endpoint": f"{self.issuer}/par",
+                "token_endpoint": f"{self.issuer}/token",
+                "introspection_endpoint": f"{self.issuer}/introspect",
+                "revocation_endpoint": f"{self.issuer}/revoke",
+            }
+        )
+
+    async def _par(self, request: Request) -> Response:
+        assert _basic_credentials(request) == (SETTINGS.client_id, SETTINGS.client_secret)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        self.pushed.append(form)
+        request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(8)
+        self.requests[request_uri] = form
+        return JSONResponse({"request_uri": request_uri, "expires_in": 90}, status_code=201)
+
+    async def _token(self, request: Request) -> Response:
+        assert _basic_credentials(request) == (SETTINGS.client_id, SETTINGS.client_secret)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        self.exchanged.append(form)
+        pushed = self.codes.pop(form.get("code", ""), None)
+        if pushed is None:
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        digest = hashlib.sha256(form["code_verifier"].encode()).digest()
+        challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if challenge != pushed["code_challenge"]:
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        token = self.elevate("alice")
+        return JSONResponse(
+            {
+                "access_token": token,
+                "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "payments:write",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _introspect(self, request: Request) -> Response:
+        credentials = _basic_credentials(request)
+        if credentials != (SETTINGS.resource_server_id, SETTINGS.resource_server_secret):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        self.introspected_by.append(credentials[0])
+        token = str((await request.form()).get("token"))
+        return JSONResponse(self.active.get(token, {"active": False}))
+
+    async def _revoke(self, request: Request) -> Response:
+        assert _basic_credentials(request) == (SETTINGS.client_id, SETTINGS.client_secret)
+        form = await request.form()
+        assert form.get("token_type_hint") == "access_token"
+        token = str(form.get("token"))
+        self.active.pop(token, None)
+        self.revoked.append(token)
+        return Response(status_code=200)
+
+
+# -- the client app ------------------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    browser: httpx.AsyncClient
+    stepup: FakeStepup
+
+    async def sign_in(self) -> None:
+        home = await self.browser.get("/")
+        response = await self.browser.post("/login", data={"csrf_token": csrf_of(home.text)})
+        assert response.status_code == 303
+        assert response.headers["location"] == "/account"
+
+    async def send_payment(self, amount: str, payee: str) -> httpx.Response:
+        account = await self.browser.get("/account")
+        assert account.status_code == 200
+        return await self.browser.post(
+            "/pay", data={"amount": amount, "payee": payee, "csrf_token": csrf_of(account.text)}
+        )
+
+    async def come_back(self, **params: str) -> httpx.Response:
+        return await self.browser.get("/callback", params=params)
+
+
+def request_uri_of(redirect: httpx.Response) -> str:
+    query = parse_qs(urlsplit(redirect.headers["location"]).query)
+    return query["request_uri"][0]
+
+
+def csrf_of(html: str) -> str:
+    marker = 'name="csrf_token" value="'
+    start = html.index(marker) + len(marker)
+    return html[start : html.index('"', start)]
+
+
+@asynccontextmanager
+async def demo(key: ECKey, *, stepup_running: bool = True) -> AsyncIterator[Demo]:
+    stepup = FakeStepup()
+    clock = FrozenClock(NOW)
+    routes: dict[str, ASGIApp] = {}
+    if stepup_running:
+        routes[SETTINGS.stepup_issuer] = stepup.app()
+    transport = Origins(routes)
+    client = create_client_app(SETTINGS, key, clock=clock, transport=transport)
+    api = create_payments_api(SETTINGS, clock=clock, transport=transport)
+    routes[SETTINGS.client_base] = client
+    routes[SETTINGS.api_base] = api
+    async with (
+        running(client, api),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=client), base_url=SETTINGS.client_base
+        ) as browser,
+    ):
+        yield Demo(browser, stepup)
+
+
+async def test_client_steps_up_pays_and_revokes_the_elevated_token(key: ECKey) -> None:
+    async with demo(key) as bank:
+        await bank.sign_in()
+        redirect = await bank.send_payment("25.00", "Bob")
+
+        assert redirect.status_code == 303
+        location = urlsplit(redirect.headers["location"])
+        assert f"{location.scheme}://{location.netloc}{location.path}" == (
+            "http://localhost:8000/authorize"
+        )
+        query = {k: v[0] for k, v in parse_qs(location.query).items()}
+        assert query.keys() == {"client_id", "request_uri"}
+        assert query["client_id"] == "demo-bank"
+        (pushed,) = bank.stepup.pushed
+        assert pushed["subject_token_type"] == TOKEN_TYPE_ACCESS_TOKEN
+        assert jwt.decode(pushed["subject_token"], key).claims["sub"] == "alice"
+        assert "insufficient_user_authentication" in pushed["challenge"]
+        assert pushed["scope"] == "payments:write"
+        assert pushed["resource"] == "http://localhost:8002"
+        assert pushed["redirect_uri"] == "http://localhost:8001/callback"
+        assert pushed["code_challenge_method"] == "S256"
+        assert "code_verifier" not in pushed
+
+        code = bank.stepup.approve(request_uri_of(redirect))
+        back = await bank.come_back(code=code, state=pushed["state"], iss=SETTINGS.stepup_issuer)
+
+        assert back.status_code == 303
+        assert back.headers["location"] == "/receipt"
+        (exchange,) = bank.stepup.exchanged
+        assert exchange["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+        assert exchange["subject_token"] == pushed["subject_token"]
+        assert exchange["requested_token_type"] == TOKEN_TYPE_ACCESS_TOKEN
+        assert exchange["resource"] == "http://localhost:8002"
+        assert len(bank.stepup.revoked) == 1
+        assert bank.stepup.active == {}
+        receipt = await bank.browser.get("/receipt")
+        assert receipt.status_code == 200
+        assert "Elevated token revoked" in receipt.text
+        assert "1225.00" in receipt.text
+        account = await bank.browser.get("/account")
+        assert "1225.00" in account.text
+        assert "Bob" in account.text
+
+
+async def test_client_refuses_a_callback_from_another_issuer(key: ECKey) -> None:
+    async with demo(key) as bank:
+        await bank.sign_in()
+        redirect = await bank.send_payment("25.00", "Bob")
+        (pushed,) = bank.stepup.pushed
+        code = bank.stepup.approve(request_uri_of(redirect))
+        back = await bank.come_back(code=code, state=pushed["state"], iss="https://evil.example")
+
+    assert back.status_code == 400
+    assert "unexpected server" in back.text
+    assert bank.stepup.exchanged == []
+
+
+async def test_client_refuses_a_callback_with_the_wrong_state(key: ECKey) -> None:
+    async with demo(key) as bank:
+        await bank.sign_in()
+        await bank.send_payment("25.00", "Bob")
+        back = await bank.come_back(code="x", state="forged", iss=SETTINGS.stepup_issuer)
+    assert back.status_code == 400
+    assert "not for your pending payment" in back.text
+    assert bank.stepup.exchanged == []
+
+
+async def test_client_explains_a_cancelled_approval(key: ECKey) -> None:
+    async with demo(key) as bank:
+        await bank.sign_in()
+        await bank.send_payment("25.00", "Bob")
+        (pushed,) = bank.stepup.pushed
+        back = await bank.come_back(
+            error="access_denied", state=pushed["state"], iss=SETTINGS.stepup_issuer
+        )
+    assert back.status_code == 400
+    assert "cancelled" in back.text
+    assert "<main" in back.text
+
+
+async def test_client_shows_a_page_when_stepup_is_down(key: ECKey) -> None:
+    async with demo(key, stepup_running=False) as bank:
+        await bank.sign_in()
+        response = await bank.send_payment("25.00", "Bob")
+    assert response.status_code == 502
+    assert "not answering" in response.text
+    assert "<main" in response.text
+
+
+async def test_client_pages_are_accessible_shapes(key: ECKey) -> None:
+    async with demo(key) as bank:
+        home = await bank.browser.get("/")
+        await bank.sign_in()
+        account = await bank.browser.get("/account")
+        missing = await bank.browser.get("/nowhere")
+        css = await bank.browser.get("/static/demo.css")
+
+    for page in (home, account, missing):
+        assert '<html lang="en">' in page.text
+        assert 'name="viewport"' in page.text
+        assert "<main" in page.text
+        assert "<script" not in page.text
+        assert "style=" not in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert missing.status_code == 404
+    assert '<label for="amount">' in account.text
+    assert '<label for="payee">' in account.text
+    assert css.status_code == 200
+    assert ":focus-visible" in css.text
+    cookie = home.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    assert "httponly" in cookie.lower()
+
+
+async def test_client_refuses_a_form_without_its_csrf_token(key: ECKey) -> None:
+    async with demo(key) as bank:
+        await bank.browser.get("/")
+        response = await bank.browser.post("/login", data={"csrf_token": "guess"})
+    assert response.status_code == 403
+
+
+def test_demo_apps_are_built_from_a_data_dir(tmp_path: Path) -> None:
+    client, api = create_demo_apps(SETTINGS, tmp_path)
+    assert isinstance(client, Starlette)
+    assert isinstance(api, Starlette)
+    assert (tmp_path / "demo-idp-key.json").exists()

@@ -1,0 +1,89 @@
+"""The newcomer's loop, clicked through in headless Chromium: demo bank → payment →
+RFC 9470 challenge → stepup page → TOTP enrolment → payment succeeds → token revoked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyotp
+import pytest
+import redis
+from playwright.sync_api import Page, expect
+
+from stepup.app import create_app
+from stepup.config import load
+from stepup.demo.client import create_demo_apps
+from stepup.demo.policy import DemoSettings, write_demo_policy
+from tests.support.server import LiveServer, bound_socket
+
+pytestmark = pytest.mark.browser
+
+
+@dataclass
+class Demo:
+    settings: DemoSettings
+    redis_url: str
+
+
+@pytest.fixture
+def demo(tmp_path: Path, redis_url: str) -> Iterator[Demo]:
+    sockets = [bound_socket() for _ in range(3)]
+    ports = [s.getsockname()[1] for s in sockets]
+    settings = DemoSettings(
+        stepup_issuer=f"http://localhost:{ports[0]}",
+        client_base=f"http://localhost:{ports[1]}",
+        api_base=f"http://localhost:{ports[2]}",
+    )
+    config = load(write_demo_policy(tmp_path, settings))
+    client_app, api_app = create_demo_apps(settings, tmp_path)
+    with ExitStack() as stack:
+        for app, sock in zip(
+            (create_app(config, redis_url=redis_url), client_app, api_app), sockets, strict=True
+        ):
+            stack.enter_context(LiveServer(app, sock=sock))
+        yield Demo(settings, redis_url)
+
+
+def _pay(page: Page, amount: str, payee: str) -> None:
+    page.get_by_label("Amount").fill(amount)
+    page.get_by_label("Payee").fill(payee)
+    page.get_by_role("button", name="Send payment").click()
+
+
+def test_newcomer_pays_with_a_step_up_and_the_elevated_token_is_revoked(
+    page: Page, demo: Demo
+) -> None:
+    settings = demo.settings
+    page.goto(settings.client_base)
+    page.get_by_role("button", name=f"Sign in as {settings.user}").click()
+    expect(page.get_by_role("heading", name="Your account")).to_be_visible()
+
+    _pay(page, "25.00", "Bob's Bikes")
+    # The API answered with an RFC 9470 challenge; the bank pushed it to stepup, and the
+    # browser is now on stepup's own page, which says who asks and for what.
+    assert page.url.startswith(settings.stepup_issuer + "/interaction/")
+    expect(page.get_by_role("heading", name="Confirm it’s you")).to_be_visible()
+    expect(page.get_by_text("Demo Bank", exact=True)).to_be_visible()
+    expect(page.get_by_text("Send payments from your account")).to_be_visible()
+    expect(page.locator("svg title")).to_have_text("QR code for your authenticator app")
+
+    secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+    page.get_by_label("Code from your authenticator app").fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name="Turn on and continue").click()
+
+    expect(page.get_by_role("heading", name="Payment sent")).to_be_visible()
+    expect(page.get_by_text("Elevated token revoked")).to_be_visible()
+    assert page.url.startswith(settings.client_base)
+
+    # Proven a moment ago, within the policy's max_age: the next payment needs no new prompt.
+    page.goto(settings.client_base + "/account")
+    _pay(page, "5.00", "Corner Shop")
+    expect(page.get_by_role("heading", name="Payment sent")).to_be_visible()
+
+    # Every elevated token the flow issued was revoked: none is left in Redis.
+    with redis.Redis.from_url(demo.redis_url) as client:
+        assert list(client.scan_iter("stepup:tok:*")) == []
+        assert len(list(client.scan_iter("stepup:{s:*}:factors"))) == 1

@@ -1,0 +1,1 @@
+"""Test helpers that run real processes: Redis, uvicorn servers, headless Chromium."""
