@@ -96,4 +96,4 @@ class Verifier:
 
     async def touch(self, subject: str, factor: Factor) -> None:
         factor.last_used_at = int(self._clock.now())
-        await self._store.save_factor(subject, factor)
+        await self._store.update_factor(subject, factor)

@@ -69,6 +69,17 @@ return 1
 """
 
 
+# KEYS[1] the subject's factors; ARGV[1] factor id, ARGV[2] the record.
+# Rewrites a factor only if it still exists: a factor removed meanwhile stays removed.
+UPDATE_FACTOR = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def connect(url: str) -> aioredis.Redis | RedisCluster:
     timeouts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
@@ -83,6 +94,7 @@ class RedisStore:
         self._claim_step = client.register_script(CLAIM_STEP)
         self._record_failure = client.register_script(RECORD_FAILURE)
         self._add_first_factor = client.register_script(ADD_FIRST_FACTOR)
+        self._update_factor = client.register_script(UPDATE_FACTOR)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -149,6 +161,12 @@ class RedisStore:
             keys=[keys.factors(subject)], args=[factor.id, models.dump(factor)]
         )
         return bool(added)
+
+    async def update_factor(self, subject: str, factor: Factor) -> bool:
+        updated = await self._update_factor(
+            keys=[keys.factors(subject)], args=[factor.id, models.dump(factor)]
+        )
+        return bool(updated)
 
     async def remove_factor(self, subject: str, factor_id: str) -> bool:
         return bool(await self.redis.hdel(keys.factors(subject), factor_id))
