@@ -1,0 +1,148 @@
+"""Bad input anywhere gets the spec's error shape, never a 500 (hypothesis, real server)."""
+
+from __future__ import annotations
+
+import string
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.stepup import (
+    ACCESS_TOKEN_TYPE,
+    CHALLENGE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    EXCHANGE,
+    RS_ID,
+    RS_SECRET,
+    Stepup,
+)
+
+PARAMETERS = [
+    "subject_token",
+    "subject_token_type",
+    "challenge",
+    "acr_values",
+    "max_age",
+    "scope",
+    "resource",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "authorization_details",
+    "dpop_jkt",
+    "grant_type",
+    "code",
+    "code_verifier",
+    "audience",
+    "requested_token_type",
+    "token",
+    "token_type_hint",
+    "client_id",
+    "response_type",
+]
+PLAUSIBLE = [
+    ACCESS_TOKEN_TYPE,
+    CHALLENGE,
+    EXCHANGE,
+    "S256",
+    "plain",
+    "payments:write",
+    "https://api.example",
+    "http://localhost:9999/callback",
+    "urn:stepup:acr:mfa",
+    "300",
+    "-1",
+    "a" * 43,
+    "eyJhbGciOiJub25lIn0.e30.",
+    'Bearer max_age="x"',
+    "[{}]",
+    "\x00",
+    "é" * 5000,
+]
+values = st.one_of(st.sampled_from(PLAUSIBLE), st.text(max_size=200))
+forms = st.dictionaries(st.sampled_from(PARAMETERS), values, max_size=10)
+credentials = st.sampled_from(
+    [None, (CLIENT_ID, CLIENT_SECRET), (RS_ID, RS_SECRET), (CLIENT_ID, "wrong"), ("é", "ü")]
+)
+ENDPOINTS = ["/par", "/token", "/introspect", "/revoke", "/enroll"]
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _is_oauth_error(response: httpx.Response) -> bool:
+    body = response.json()
+    return isinstance(body.get("error"), str) and set(body.get("error")) <= set(
+        string.ascii_lowercase + "_"
+    )
+
+
+@FUZZ
+@given(endpoint=st.sampled_from(ENDPOINTS), form=forms, auth=credentials)
+def test_json_endpoints_answer_bad_forms_with_an_oauth_error(
+    stepup: Stepup, endpoint: str, form: dict[str, str], auth: tuple[str, str] | None
+) -> None:
+    response = stepup.http.post(endpoint, data=form, auth=auth)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert _is_oauth_error(response), response.text
+        assert response.headers["cache-control"] == "no-store"
+
+
+@FUZZ
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    body=st.binary(max_size=300),
+    content_type=st.sampled_from(
+        ["application/x-www-form-urlencoded", "application/json", "text/plain", ""]
+    ),
+)
+def test_json_endpoints_answer_raw_bodies_with_an_oauth_error(
+    stepup: Stepup, endpoint: str, body: bytes, content_type: str
+) -> None:
+    response = stepup.http.post(
+        endpoint,
+        content=body,
+        headers={"content-type": content_type},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert _is_oauth_error(response), response.text
+
+
+@FUZZ
+@given(
+    query=st.dictionaries(st.sampled_from(["client_id", "request_uri", "x"]), values, max_size=3),
+    path=st.text(alphabet=string.ascii_letters + string.digits + "-_%.", min_size=1, max_size=60),
+    form=forms,
+)
+def test_pages_answer_bad_input_with_an_html_page(
+    stepup: Stepup, query: dict[str, str], path: str, form: dict[str, str]
+) -> None:
+    with stepup.browser() as browser:
+        started = browser.get("/authorize", params=query)
+        shown = browser.get(f"/interaction/{path}")
+        posted = browser.post(f"/interaction/{path}", data=form)
+        enrol = browser.post(f"/enroll/{path}", data=form)
+    for response in (started, shown, posted, enrol):
+        assert response.status_code < 500, response.text
+        assert response.headers["content-type"].startswith("text/html")
+    assert started.status_code in (303, 400)
+    if started.status_code == 303:
+        # Only ever to stepup's own interaction page, never to a URI from the request.
+        assert started.headers["location"].startswith("/interaction/")
+
+
+def test_a_repeated_parameter_is_refused(stepup: Stepup) -> None:
+    response = stepup.http.post(
+        "/token",
+        content=b"grant_type=a&grant_type=b",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
