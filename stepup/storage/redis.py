@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from stepup import models
@@ -16,6 +17,9 @@ from stepup.models import Elevation, Factor, Grant, RecentStepUp
 from stepup.storage import keys
 
 T = TypeVar("T")
+
+# What the web layer catches to fail closed (503) when Redis cannot answer.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
 
 # KEYS[1] the code, KEYS[2] its spent marker; ARGV[1] the jti the redemption will issue,
 # ARGV[2] how long to remember the marker. Returns the grant, or {false, spent jti} on replay.

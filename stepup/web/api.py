@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,6 +15,7 @@ from stepup.errors import OAuthError, TemporarilyUnavailable
 from stepup.protocol import enrollment, introspection, metadata, par, revocation, token_exchange
 from stepup.protocol.client_auth import authenticate, authenticate_client
 from stepup.services import Services
+from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.forms import read_form
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -47,7 +47,7 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except OAuthError as exc:
             _log_detail.info("%s %s: %s", request.url.path, exc.error, exc.detail)
             return oauth_error(exc)
-        except redis.exceptions.RedisError as exc:
+        except STORAGE_ERRORS as exc:
             _log_detail.warning("%s: storage unavailable: %s", request.url.path, exc)
             return oauth_error(TemporarilyUnavailable("storage is unavailable, try again shortly"))
 
@@ -120,7 +120,7 @@ async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         await services.store.ping()
-    except redis.exceptions.RedisError:
+    except STORAGE_ERRORS:
         return JSONResponse(
             {"status": "unavailable", "redis": "unreachable"}, 503, headers={"Retry-After": "5"}
         )

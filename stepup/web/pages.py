@@ -7,7 +7,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import redis.exceptions
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -16,6 +15,7 @@ from stepup.errors import OAuthError
 from stepup.protocol import authorize, enrollment
 from stepup.protocol.outcomes import Page, Redirect, error_page
 from stepup.services import Services
+from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.forms import read_form
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -97,7 +97,7 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
             outcome = await handler(request, renderer.services, browser, new)
         except OAuthError as exc:
             outcome = error_page("Request refused", exc.description, exc.status)
-        except redis.exceptions.RedisError as exc:
+        except STORAGE_ERRORS as exc:
             _log.warning("%s: storage unavailable: %s", request.url.path, exc)
             outcome = Page(
                 "error.html",
