@@ -357,7 +357,7 @@ class _Reader:
         parts = urlsplit(issuer)
         if parts.query or parts.fragment:
             self.problem("policy.issuer", "must have no query or fragment")
-        if not _secure_url(issuer):
+        if not secure_url(issuer):
             self.problem("policy.issuer", "must be https (http only for localhost)")
         if issuer.endswith("/"):
             self.problem("policy.issuer", "must not end with '/'")
@@ -372,9 +372,11 @@ class _Reader:
         host = environ.get("STEPUP_HOST") or self.string(t, "host", where, "127.0.0.1")
         port_text = environ.get("STEPUP_PORT")
         port = self.integer(t, "port", where, 8000)
+        if not 1 <= port <= 65535:
+            self.problem(f"{where}.port", "must be a port number (1-65535)")
         if port_text is not None:
-            if not port_text.isdigit():
-                self.problem("STEPUP_PORT", "must be a port number")
+            if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+                self.problem("STEPUP_PORT", "must be a port number (1-65535)")
             else:
                 port = int(port_text)
         redis_url = environ.get("STEPUP_REDIS_URL") or self.string(t, "redis_url", where, "")
@@ -485,7 +487,7 @@ class _Reader:
         sources = sum(1 for s in (jwks_uri, jwks_file, discovery or None) if s)
         if sources != 1:
             self.problem(where, "set exactly one of jwks_uri, jwks_file or discovery = true")
-        if jwks_uri and not _secure_url(jwks_uri):
+        if jwks_uri and not secure_url(jwks_uri):
             self.problem(f"{where}.jwks_uri", "must be https (http only for localhost)")
         algorithms = self.strings(t, "algorithms", where, list(DEFAULT_ALGORITHMS))
         for alg in algorithms:
@@ -546,7 +548,7 @@ class _Reader:
                 self.problem(
                     f"{where}.redirect_uris", f"'{uri}' must be absolute, without fragment"
                 )
-            elif not _secure_url(uri):
+            elif not secure_url(uri):
                 self.problem(f"{where}.redirect_uris", f"'{uri}' must be https (http: loopback)")
         scopes = self.strings(t, "scopes", where)
         resources = self.strings(t, "resources", where)
@@ -642,7 +644,7 @@ class _Reader:
             self.problem("clients", "two clients share one secret")
 
 
-def _secure_url(url: str) -> bool:
+def secure_url(url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme == "https":
         return bool(parts.netloc)

@@ -23,6 +23,10 @@ from stepup.services import Services
 from stepup.storage import keys
 
 GENERIC_FAILURE = "That code did not work. Check your authenticator app and try again."
+STALE_SIGN_IN = (
+    "To set up your first factor, sign in to the app again and start over: "
+    "your sign-in is too old to add a factor."
+)
 EXPIRED = "This approval request has expired or was already used. Go back to the app and try again."
 
 
@@ -104,9 +108,22 @@ def _may_enrol_first_factor(
         not factors
         and limits.enrollment_during_stepup
         and services.verifier.meeting([probe], level) != []
-        # Enrolment is the riskiest moment: only a freshly signed-in user may add a first factor.
-        and now - request.subject_authenticated_at <= limits.first_factor_max_age
+        and fresh_enough_for_first_factor(services, request.subject_authenticated_at)
     )
+
+
+def fresh_enough_for_first_factor(services: Services, authenticated_at: int) -> bool:
+    # Enrolment is the riskiest moment: only a freshly signed-in user may add a first factor,
+    # checked when the page is shown and again when the factor is confirmed.
+    return services.now() - authenticated_at <= services.config.limits.first_factor_max_age
+
+
+async def _interaction(services: Services, key: str) -> Interaction | None:
+    interaction = await services.store.get(key, Interaction)
+    # The TTL ends it in Redis; the clock ends it here too (a TTL is not a security boundary).
+    if interaction is None or services.now() >= interaction.expires_at:
+        return None
+    return interaction
 
 
 async def _recent(services: Services, request: PendingRequest, now: int) -> RecentStepUp | None:
@@ -121,7 +138,7 @@ async def _recent(services: Services, request: PendingRequest, now: int) -> Rece
 
 
 async def show(services: Services, interaction_id: str, browser: str | None) -> Page:
-    interaction = await services.store.get(keys.interaction(interaction_id), Interaction)
+    interaction = await _interaction(services, keys.interaction(interaction_id))
     if interaction is None:
         return error_page("Request expired", EXPIRED)
     if browser is None or not hmac.compare_digest(interaction.browser, browser):
@@ -156,7 +173,7 @@ async def submit(
     services: Services, interaction_id: str, browser: str | None, form: Mapping[str, str]
 ) -> Redirect | Page:
     key = keys.interaction(interaction_id)
-    interaction = await services.store.get(key, Interaction)
+    interaction = await _interaction(services, key)
     if interaction is None:
         return error_page("Request expired", EXPIRED)
     if not form_ok(interaction.browser, browser, interaction.csrf, form.get("csrf")):
@@ -181,6 +198,9 @@ async def submit(
 
     level = services.config.levels[request.acr]
     if interaction.mode == "enrol" and interaction.pending_factor:
+        if not fresh_enough_for_first_factor(services, request.subject_authenticated_at):
+            services.audit.record("enrolment.added", "refused", subject=subject, reason="stale")
+            return error_page("Sign in again", STALE_SIGN_IN, 403)
         candidates = [Factor(**interaction.pending_factor)]
     else:
         candidates = services.verifier.meeting(await services.store.factors(subject), level)

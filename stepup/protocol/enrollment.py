@@ -15,7 +15,12 @@ from typing import Any
 from stepup.config import Client
 from stepup.errors import InvalidRequest
 from stepup.models import Enrollment, Factor
-from stepup.protocol.authorize import enrol_context, failure_message
+from stepup.protocol.authorize import (
+    STALE_SIGN_IN,
+    enrol_context,
+    failure_message,
+    fresh_enough_for_first_factor,
+)
 from stepup.protocol.outcomes import Page, Redirect, error_page, form_ok
 from stepup.services import Services
 from stepup.storage import keys
@@ -51,7 +56,10 @@ async def create(services: Services, client: Client, form: Mapping[str, str]) ->
 
 
 async def _load(services: Services, enrollment_id: str) -> Enrollment | None:
-    return await services.store.get(keys.enrollment(enrollment_id), Enrollment)
+    enrollment = await services.store.get(keys.enrollment(enrollment_id), Enrollment)
+    if enrollment is None or services.now() >= enrollment.expires_at:
+        return None
+    return enrollment
 
 
 async def _save(services: Services, enrollment_id: str, enrollment: Enrollment) -> None:
@@ -95,15 +103,10 @@ async def _page(
     }
     if factors and not enrollment.proven:
         context["step"] = "prove"
-    elif not factors and (
-        services.now() - enrollment.subject_authenticated_at
-        > services.config.limits.first_factor_max_age
+    elif not factors and not fresh_enough_for_first_factor(
+        services, enrollment.subject_authenticated_at
     ):
-        return error_page(
-            "Sign in again",
-            "To set up your first factor, sign in to the app again and open a new enrolment link.",
-            403,
-        )
+        return error_page("Sign in again", STALE_SIGN_IN, 403)
     else:
         if enrollment.pending_factor is None:
             enrollment.pending_factor = dataclasses.asdict(services.verifier.new_totp(subject))
@@ -145,6 +148,11 @@ async def submit(
         # Adding a factor when one exists requires proving an existing one first.
         services.audit.record("enrolment.added", "refused", subject=subject, reason="not proven")
         return error_page("Request refused", "Prove one of your existing factors first.", 403)
+    if not factors and not fresh_enough_for_first_factor(
+        services, enrollment.subject_authenticated_at
+    ):
+        services.audit.record("enrolment.added", "refused", subject=subject, reason="stale")
+        return error_page("Sign in again", STALE_SIGN_IN, 403)
     pending = Factor(**enrollment.pending_factor)
     attempt = await services.verifier.prove_totp(subject, [pending], form.get("code"))
     if attempt.factor is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,20 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from stepup.clock import Clock
-from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, Client, Config, Upstream
+from stepup.config import (
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_JWT,
+    Client,
+    Config,
+    Upstream,
+    secure_url,
+)
 from stepup.errors import InvalidRequest, TemporarilyUnavailable, UnsupportedTokenType
 from stepup.models import Subject
 
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
 MAX_TOKEN_LENGTH = 16_384
+MAX_NUMERIC_DATE = 2**40  # far beyond any real date, far below 64-bit limits
 
 
 class UpstreamUnavailable(Exception):
@@ -96,11 +105,12 @@ class UpstreamKeys:
             except UpstreamUnavailable:
                 continue
             # RFC 8414 §3.3 / OIDC Discovery §4.3: the document must name the same issuer.
-            if document.get("issuer") != upstream.issuer or not isinstance(
-                document.get("jwks_uri"), str
-            ):
+            if document.get("issuer") != upstream.issuer:
                 raise UpstreamUnavailable(f"discovery for {upstream.issuer}: issuer mismatch")
-            return str(document["jwks_uri"])
+            jwks_uri = document.get("jwks_uri")
+            if not isinstance(jwks_uri, str) or not secure_url(jwks_uri):
+                raise UpstreamUnavailable(f"discovery for {upstream.issuer}: bad jwks_uri")
+            return jwks_uri
         raise UpstreamUnavailable(f"no discovery document for {upstream.issuer}")
 
     async def _get_json(self, url: str) -> dict[str, Any]:
@@ -188,8 +198,14 @@ class SubjectValidator:
             value = claims.get(name)
             if value is None and not required:
                 return None
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise InvalidRequest(invalid, detail=f"claim {name} missing or not a number")
+            # RFC 7519 §2 NumericDate: finite seconds; bounded so nothing downstream overflows.
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0 <= value < MAX_NUMERIC_DATE
+            ):
+                raise InvalidRequest(invalid, detail=f"claim {name} missing or not a NumericDate")
             return int(value)
 
         exp = number("exp", True)

@@ -55,7 +55,7 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     if grant is None:
         if spent_jti:
             # RFC 6749 §4.1.2: a code used twice revokes what the first use issued.
-            await services.store.revoke_elevation(spent_jti)
+            await services.store.revoke_elevation(spent_jti, limits.max_token_lifetime)
             services.audit.record("token.replay", "revoked", client=client.client_id, jti=spent_jti)
         raise InvalidGrant("code is invalid, expired or already used")
     if grant.client_id != client.client_id:
@@ -79,7 +79,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     now = services.now()
     lifetime = services.policy.lifetime_for(scopes, subject.exp, now)
     if lifetime <= 0:
-        raise InvalidGrant("subject_token expires now: nothing left to elevate")
+        # Within the upstream's leeway B still validated, but nothing of its life is left;
+        # RFC 8693 §2.2.2: an unacceptable subject_token is invalid_request.
+        raise InvalidRequest("subject_token has expired")
     elevation = Elevation(
         jti=jti,
         iss=services.config.issuer,
@@ -110,7 +112,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         "jti": elevation.jti,
     }
     token = services.signing.sign(claims)
-    await services.store.record_elevation(elevation, lifetime)
+    if not await services.store.record_elevation(elevation, lifetime):
+        # A parallel replay of this code revoked the jti before it was recorded.
+        raise InvalidGrant("code is invalid, expired or already used")
     services.audit.record(
         "token.issued",
         "success",

@@ -44,7 +44,12 @@ def code_spent(code_value: str) -> str:
 
 
 def elevation(jti: str) -> str:
-    return f"{PREFIX}:tok:{jti}"
+    return f"{PREFIX}:tok:{{{jti}}}"
+
+
+def elevation_revoked(jti: str) -> str:
+    """Marks a jti revoked before its token may be recorded (a code replay racing the winner)."""
+    return f"{PREFIX}:revoked:{{{jti}}}"
 
 
 def factors(subject: str) -> str:

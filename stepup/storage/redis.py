@@ -84,6 +84,23 @@ return 1
 """
 
 
+# KEYS[1] the elevated token's record, KEYS[2] its revoked marker; ARGV[1] the record,
+# ARGV[2] its lifetime. Records the token unless the jti was revoked first.
+RECORD_ELEVATION = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] the record, KEYS[2] the revoked marker; ARGV[1] how long to keep the marker.
+REVOKE_FOREVER = """
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
+
+
 def connect(url: str) -> aioredis.Redis | RedisCluster:
     timeouts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
@@ -99,6 +116,8 @@ class RedisStore:
         self._record_failure = client.register_script(RECORD_FAILURE)
         self._add_first_factor = client.register_script(ADD_FIRST_FACTOR)
         self._update_factor = client.register_script(UPDATE_FACTOR)
+        self._record_elevation = client.register_script(RECORD_ELEVATION)
+        self._revoke_forever = client.register_script(REVOKE_FOREVER)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -137,8 +156,13 @@ class RedisStore:
 
     # -- elevated tokens ------------------------------------------------------------------
 
-    async def record_elevation(self, elevation: Elevation, ttl: int) -> None:
-        await self.put(keys.elevation(elevation.jti), elevation, ttl)
+    async def record_elevation(self, elevation: Elevation, ttl: int) -> bool:
+        jti = elevation.jti
+        recorded = await self._record_elevation(
+            keys=[keys.elevation(jti), keys.elevation_revoked(jti)],
+            args=[models.dump(elevation), max(1, ttl)],
+        )
+        return bool(recorded)
 
     async def elevation(self, jti: str) -> Elevation | None:
         return await self.get(keys.elevation(jti), Elevation)
@@ -146,8 +170,14 @@ class RedisStore:
     async def consume_elevation(self, jti: str) -> Elevation | None:
         return await self.take(keys.elevation(jti), Elevation)
 
-    async def revoke_elevation(self, jti: str) -> bool:
-        return await self.delete(keys.elevation(jti))
+    async def revoke_elevation(self, jti: str, remember: int = 0) -> bool:
+        """Ends a token; with `remember`, also refuses to record that jti for that long."""
+        if not remember:
+            return await self.delete(keys.elevation(jti))
+        deleted = await self._revoke_forever(
+            keys=[keys.elevation(jti), keys.elevation_revoked(jti)], args=[remember]
+        )
+        return bool(deleted)
 
     # -- factors (durable) ----------------------------------------------------------------
 

@@ -1,0 +1,328 @@
+"""Introspection (RFC 7662) and revocation (RFC 7009) of elevated tokens, over real HTTP and
+Redis, with the live server's clock in the test's hand."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from stepup.storage.embedded import EmbeddedRedis
+from tests.support.stepup import (
+    API,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OTHER_ID,
+    OTHER_RS_ID,
+    OTHER_RS_SECRET,
+    OTHER_SECRET,
+    RS_ID,
+    RS_SECRET,
+    Stepup,
+    Upstream,
+    frozen_now,
+    make_config,
+    running_stepup,
+)
+
+RACERS = 50
+
+
+@pytest.fixture(scope="module")
+def live_stepup(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
+) -> Iterator[Stepup]:
+    """One live server for the module: starting one per test would dominate the run time."""
+    directory = tmp_path_factory.mktemp("introspection")
+    clock = frozen_now()
+    upstream = Upstream(directory, clock)
+    config = make_config(upstream, directory / "data")
+    with running_stepup(config, redis_server.url, clock, upstream) as running:
+        yield running
+
+
+@pytest.fixture
+def stepup(live_stepup: Stepup, redis_url: str) -> Stepup:
+    """The module's server with a fresh start for each test: Redis emptied (by `redis_url`)
+    and the clock at the present, as a new server would have it."""
+    live_stepup.clock.set(frozen_now().now())
+    return live_stepup
+
+
+def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    """An RFC 6749 §5.2 error: the status, JSON with error and error_description, no-store."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["cache-control"] == "no-store"
+    body: dict[str, Any] = response.json()
+    assert body["error"] == error, body
+    assert isinstance(body.get("error_description"), str) and body["error_description"]
+    return body
+
+
+def elevated(stepup: Stepup, **par_fields: str | None) -> tuple[str, dict[str, Any]]:
+    """A real step-up and exchange: the elevated token and the token response."""
+    with stepup.browser() as browser:
+        query, verifier, _ = stepup.step_up(browser, None, "alice", **par_fields)
+    response = stepup.token(query["code"][0], verifier)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body["access_token"], body
+
+
+def part_of(token: str, index: int) -> dict[str, Any]:
+    """The decoded JSON of a JWT's header (0) or payload (1), unverified."""
+    text = token.split(".")[index]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    return decoded
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return part_of(token, 1)
+
+
+def is_active(stepup: Stepup, token: str, auth: tuple[str, str] = (RS_ID, RS_SECRET)) -> bool:
+    response = stepup.introspect(token, auth=auth)
+    assert response.status_code == 200, response.text
+    active = response.json()["active"]
+    assert isinstance(active, bool)
+    return active
+
+
+def assert_inactive(response: httpx.Response) -> None:
+    """RFC 7662 §2.2: an inactive token is `{"active": false}` and nothing more."""
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json() == {"active": False}
+
+
+# --- who may introspect -------------------------------------------------------------
+
+
+def test_client_credential_cannot_introspect(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.introspect(token, auth=(CLIENT_ID, CLIENT_SECRET))
+    assert_oauth_error(response, 401, "invalid_client")
+    assert "www-authenticate" in response.headers
+
+
+def test_wrong_resource_server_secret_is_invalid_client(stepup: Stepup) -> None:
+    response = stepup.introspect("anything", auth=(RS_ID, "wrong"))
+    assert_oauth_error(response, 401, "invalid_client")
+    assert "www-authenticate" in response.headers
+
+
+def test_introspection_without_credentials_is_invalid_client(stepup: Stepup) -> None:
+    response = stepup.http.post("/introspect", data={"token": "anything"})
+    assert_oauth_error(response, 401, "invalid_client")
+
+
+def test_introspection_without_token_is_invalid_request(stepup: Stepup) -> None:
+    response = stepup.http.post("/introspect", data={}, auth=(RS_ID, RS_SECRET))
+    assert_oauth_error(response, 400, "invalid_request")
+
+
+# --- what an active answer says -----------------------------------------------------
+
+
+def test_active_token_response_has_every_field(stepup: Stepup) -> None:
+    token, issued = elevated(stepup)
+    now = int(stepup.clock.now())
+    response = stepup.introspect(token)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    claims = claims_of(token)
+    assert body["active"] is True
+    assert body["iss"] == stepup.config.issuer
+    assert body["sub"] == "alice"
+    assert body["aud"] == API
+    assert body["client_id"] == CLIENT_ID
+    assert body["scope"] == "payments:write"
+    assert body["token_type"] == "Bearer"
+    assert body["iat"] == now
+    assert body["exp"] == now + issued["expires_in"]
+    assert body["jti"] == claims["jti"]
+    assert body["acr"] == "urn:stepup:acr:mfa"
+    assert body["amr"] == ["otp"]
+    assert body["auth_time"] == now
+
+
+def test_introspection_agrees_with_the_token_claims(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    body = stepup.introspect(token).json()
+    claims = claims_of(token)
+    for name in ("iss", "sub", "aud", "client_id", "scope", "acr", "amr", "auth_time", "exp"):
+        assert body[name] == claims[name], name
+
+
+# --- inactive answers ---------------------------------------------------------------
+
+
+def test_another_resource_server_sees_inactive(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    assert_inactive(stepup.introspect(token, auth=(OTHER_RS_ID, OTHER_RS_SECRET)))
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "a.b.c", "e30.e30.", "x" * 5000])
+def test_garbage_is_inactive(stepup: Stepup, garbage: str) -> None:
+    assert_inactive(stepup.introspect(garbage))
+
+
+def test_token_signed_by_another_key_is_inactive(stepup: Stepup) -> None:
+    # The forgery copies a live token's header (kid included) and claims (jti included).
+    token, _ = elevated(stepup)
+    forger = ECKey.generate_key("P-256", private=True)
+    forged = jwt.encode(part_of(token, 0), claims_of(token), forger)
+    assert_inactive(stepup.introspect(forged))
+    assert is_active(stepup, token)
+
+
+def test_upstream_token_is_inactive(stepup: Stepup) -> None:
+    assert_inactive(stepup.introspect(stepup.upstream.token()))
+
+
+# --- expiry against the injected clock ----------------------------------------------
+
+
+@pytest.mark.parametrize(("offset", "active"), [(-1, True), (0, False), (1, False)])
+def test_expiry_edges(stepup: Stepup, offset: int, active: bool) -> None:
+    token, _ = elevated(stepup)
+    exp = claims_of(token)["exp"]
+    stepup.clock.set(exp + offset)
+    assert is_active(stepup, token) is active
+
+
+def test_revoked_token_is_inactive_at_once(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    assert is_active(stepup, token)
+    assert stepup.revoke(token).status_code == 200
+    assert_inactive(stepup.introspect(token))
+
+
+# --- single use ---------------------------------------------------------------------
+
+
+def test_single_use_token_is_active_once(stepup: Stepup) -> None:
+    token, issued = elevated(stepup, scope="audit:read")
+    assert issued["scope"] == "audit:read"
+    first = stepup.introspect(token).json()
+    assert first["active"] is True
+    assert first["scope"] == "audit:read"
+    assert_inactive(stepup.introspect(token))
+
+
+def test_single_use_token_is_not_consumed_by_another_resource_server(stepup: Stepup) -> None:
+    token, _ = elevated(stepup, scope="audit:read")
+    assert_inactive(stepup.introspect(token, auth=(OTHER_RS_ID, OTHER_RS_SECRET)))
+    assert is_active(stepup, token)
+
+
+async def race_introspections(stepup: Stepup, token: str) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=RACERS, max_keepalive_connections=RACERS)
+    async with httpx.AsyncClient(base_url=stepup.url, limits=limits, timeout=30.0) as client:
+        return await asyncio.gather(
+            *(
+                client.post("/introspect", data={"token": token}, auth=(RS_ID, RS_SECRET))
+                for _ in range(RACERS)
+            )
+        )
+
+
+def test_single_use_token_racing_introspections_see_it_active_once(stepup: Stepup) -> None:
+    token, _ = elevated(stepup, scope="audit:read")
+    responses = asyncio.run(race_introspections(stepup, token))
+    assert {r.status_code for r in responses} == {200}
+    assert Counter(r.json()["active"] for r in responses) == {True: 1, False: RACERS - 1}
+
+
+def test_racing_introspections_of_a_reusable_token_all_see_it_active(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    responses = asyncio.run(race_introspections(stepup, token))
+    assert all(r.status_code == 200 and r.json()["active"] is True for r in responses)
+
+
+# --- revocation (RFC 7009) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["unknown-token", "a.b.c", "e30.e30."])
+def test_revoking_an_unknown_token_is_200(stepup: Stepup, token: str) -> None:
+    response = stepup.revoke(token)
+    assert response.status_code == 200, response.text
+
+
+def test_revoking_an_upstream_token_is_200(stepup: Stepup) -> None:
+    assert stepup.revoke(stepup.upstream.token()).status_code == 200
+
+
+def test_client_that_holds_the_token_revokes_it(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.revoke(token)
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert not is_active(stepup, token)
+
+
+def test_client_revokes_with_client_secret_post(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.http.post(
+        "/revoke",
+        data={"token": token, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+    )
+    assert response.status_code == 200, response.text
+    assert not is_active(stepup, token)
+
+
+def test_revoking_twice_is_200(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    assert stepup.revoke(token).status_code == 200
+    assert stepup.revoke(token).status_code == 200
+
+
+def test_resource_server_of_the_audience_revokes_it(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.revoke(token, auth=(RS_ID, RS_SECRET))
+    assert response.status_code == 200, response.text
+    assert not is_active(stepup, token)
+
+
+def test_another_client_cannot_revoke(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.revoke(token, auth=(OTHER_ID, OTHER_SECRET))
+    assert_oauth_error(response, 400, "unauthorized_client")
+    assert is_active(stepup, token)
+
+
+def test_another_resource_server_cannot_revoke(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.revoke(token, auth=(OTHER_RS_ID, OTHER_RS_SECRET))
+    assert_oauth_error(response, 400, "unauthorized_client")
+    assert is_active(stepup, token)
+
+
+def test_revocation_without_token_is_invalid_request(stepup: Stepup) -> None:
+    response = stepup.http.post("/revoke", data={}, auth=(CLIENT_ID, CLIENT_SECRET))
+    assert_oauth_error(response, 400, "invalid_request")
+
+
+def test_revocation_without_credentials_is_invalid_client(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.http.post("/revoke", data={"token": token})
+    assert_oauth_error(response, 401, "invalid_client")
+    assert "www-authenticate" in response.headers
+    assert is_active(stepup, token)
+
+
+def test_revocation_with_wrong_secret_is_invalid_client(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    response = stepup.revoke(token, auth=(CLIENT_ID, "wrong"))
+    assert_oauth_error(response, 401, "invalid_client")
+    assert is_active(stepup, token)
