@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from stepup.clock import FrozenClock
 from stepup.config import Config
 from stepup.storage.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from tests.support.browser import CHROMIUM, launch_chromium, outside_playwright_loop
+from tests.support.oauth import OneLineServerErrors
 from tests.support.redis_proc import RedisProcess
 from tests.support.stepup import Stepup, Upstream, frozen_now, make_config, running_stepup
 from tests.support.tools import missing_tool, require_tool
@@ -27,6 +29,17 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         return (yield)
     with outside_playwright_loop():
         return (yield)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_line_server_errors() -> Iterator[None]:
+    logger = logging.getLogger("uvicorn.error")
+    summary = OneLineServerErrors()
+    logger.addFilter(summary)
+    try:
+        yield
+    finally:
+        logger.removeFilter(summary)
 
 
 @pytest.fixture(scope="session")

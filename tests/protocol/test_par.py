@@ -6,9 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -16,7 +14,7 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
-from stepup.storage.embedded import EmbeddedRedis
+from tests.support.oauth import assert_oauth_error, module_server
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
     API,
@@ -30,11 +28,7 @@ from tests.support.stepup import (
     RS_ID,
     RS_SECRET,
     Stepup,
-    Upstream,
-    frozen_now,
-    make_config,
     pkce,
-    running_stepup,
 )
 
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
@@ -42,63 +36,7 @@ PHR = "urn:stepup:acr:phr"
 MFA = "urn:stepup:acr:mfa"
 
 
-class OneLineServerErrors(logging.Filter):
-    """Logs a server error's exception as one line instead of a traceback.
-
-    On CPython 3.11 two threads formatting tracebacks at once (the server thread logging a
-    500 while pytest reports the failing test) can raise "SystemError: AST constructor
-    recursion depth mismatch" and abort the whole session with INTERNALERROR.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
-            record.args = ()
-            record.exc_info = None
-        return True
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_line_server_errors() -> Iterator[None]:
-    logger = logging.getLogger("uvicorn.error")
-    summary = OneLineServerErrors()
-    logger.addFilter(summary)
-    try:
-        yield
-    finally:
-        logger.removeFilter(summary)
-
-
-@pytest.fixture(scope="module")
-def live_stepup(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
-) -> Iterator[Stepup]:
-    """One live server for the module: starting one per test would dominate the run time."""
-    directory = tmp_path_factory.mktemp("par")
-    clock = frozen_now()
-    upstream = Upstream(directory, clock)
-    config = make_config(upstream, directory / "data")
-    with running_stepup(config, redis_server.url, clock, upstream) as running:
-        yield running
-
-
-@pytest.fixture
-def stepup(live_stepup: Stepup, redis_url: str) -> Stepup:
-    """The module's server with a fresh start for each test: Redis emptied (by `redis_url`)
-    and the clock at the present, as a new server would have it."""
-    live_stepup.clock.set(frozen_now().now())
-    return live_stepup
-
-
-def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
-    """An RFC 6749 §5.2 error: the status, JSON with error and error_description, no-store."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str) and body["error_description"]
-    return body
+live_stepup, stepup = module_server("par")
 
 
 def par_form(stepup: Stepup, **fields: str | None) -> dict[str, str]:

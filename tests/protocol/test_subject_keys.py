@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from stepup.clock import FrozenClock
 from stepup.config import parse
+from tests.support.oauth import assert_oauth_error
 from tests.support.server import LiveServer
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
@@ -114,17 +115,6 @@ def via_jwks_uri(key_server: KeyServer, start_stepup: StartStepup, upstream: Ups
 
 def new_key() -> ECKey:
     return ECKey.generate_key("P-256", private=True, auto_kid=True)
-
-
-def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
-    """An RFC 6749 §5.2 error: the status, JSON with error and error_description, no-store."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str) and body["error_description"]
-    return body
 
 
 def par_form(subject_token: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ import base64
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from stepup.clock import FrozenClock
-from stepup.storage.embedded import EmbeddedRedis
+from tests.support.oauth import assert_oauth_error, module_server
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
     API,
@@ -32,7 +31,6 @@ from tests.support.stepup import (
     RS_SECRET,
     Stepup,
     Upstream,
-    frozen_now,
     make_config,
     running_stepup,
 )
@@ -41,36 +39,7 @@ MFA = "urn:stepup:acr:mfa"
 RACERS = 50
 
 
-@pytest.fixture(scope="module")
-def live_stepup(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
-) -> Iterator[Stepup]:
-    """One live server for the module: starting one per test would dominate the run time."""
-    directory = tmp_path_factory.mktemp("token")
-    clock = frozen_now()
-    upstream = Upstream(directory, clock)
-    config = make_config(upstream, directory / "data")
-    with running_stepup(config, redis_server.url, clock, upstream) as running:
-        yield running
-
-
-@pytest.fixture
-def stepup(live_stepup: Stepup, redis_url: str) -> Stepup:
-    """The module's server with a fresh start for each test: Redis emptied (by `redis_url`)
-    and the clock at the present, as a new server would have it."""
-    live_stepup.clock.set(frozen_now().now())
-    return live_stepup
-
-
-def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
-    """An RFC 6749 §5.2 error: the status, JSON with error and error_description, no-store."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str) and body["error_description"]
-    return body
+live_stepup, stepup = module_server("exchange")
 
 
 def elevate(stepup: Stepup, sub: str = "alice", **par_fields: str | None) -> tuple[str, str]:
