@@ -41,6 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run stepup with a demo bank, IdP and payments API")
     demo.add_argument("--data-dir", type=Path, default=Path(".stepup/demo"))
 
+    subject = commands.add_parser("subject", help="show, disable or enable a subject")
+    subject.add_argument("action", choices=["show", "disable", "enable"])
+    subject.add_argument("sub", help="the subject (`sub` claim)")
+    subject.add_argument("--issuer", required=True, help="the upstream issuer of that subject")
+    subject.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("STEPUP_CONFIG"),
+        required="STEPUP_CONFIG" not in os.environ,
+        help="policy file (TOML)",
+    )
+
     hashing = commands.add_parser("hash-secret", help="hash a client secret for the policy file")
     hashing.add_argument("--generate", action="store_true", help="make a new random secret too")
 
@@ -50,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "hash-secret":
         return _hash_secret(args.generate)
+    if args.command == "subject":
+        return _subject(args.config, args.action, args.issuer, args.sub)
     if args.command == "demo":
         from stepup.demo.runner import run_demo
 
@@ -140,6 +154,61 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
             serving.run([(app, bind_port)], bind_host, **options)
     except (StartupError, EmbeddedRedisError, SigningKeyError, SealingError, OSError) as exc:
         print(f"stepup: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return EXIT_OK
+
+
+def _subject(path: Path, action: str, issuer: str, sub: str) -> int:
+    import asyncio
+
+    from stepup.storage.embedded import EmbeddedRedis, EmbeddedRedisError
+    from stepup.storage.keys import subject_id
+    from stepup.storage.redis import STORAGE_ERRORS, RedisStore, connect
+
+    loaded = _load(path)
+    if loaded is None:
+        return EXIT_POLICY
+    if loaded.upstream(issuer) is None:
+        print(f"stepup: {issuer!r} is not a trusted upstream issuer", file=sys.stderr)
+        return EXIT_POLICY
+    deployment = loaded.deployment
+    key = subject_id(issuer, sub)
+
+    async def act(url: str) -> None:
+        store = RedisStore(connect(url))
+        try:
+            if action in ("disable", "enable"):
+                await store.set_disabled(key, action == "disable")
+            disabled = await store.is_disabled(key)
+            print(f"subject {sub!r} of {issuer}: {'disabled' if disabled else 'enabled'}")
+            for factor in await store.factors(key):
+                print(
+                    f"  {factor.kind:8} {factor.id:20} {factor.name!r} "
+                    f"created {factor.created_at} last used {factor.last_used_at}"
+                )
+        finally:
+            await store.close()
+
+    embedded = None
+    try:
+        url = deployment.redis_url
+        if url is None:
+            # The service's own Redis if it is running, else started for this command.
+            embedded = EmbeddedRedis(deployment.data_dir)
+            if embedded.answering():
+                url, embedded = embedded.url, None
+            else:
+                embedded.start()
+                url = embedded.url
+        asyncio.run(act(url))
+    except EmbeddedRedisError as exc:
+        print(f"stepup: cannot start Redis: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except STORAGE_ERRORS as exc:
+        print(f"stepup: cannot reach Redis: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     finally:
         if embedded is not None:

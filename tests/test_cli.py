@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from stepup.config import hash_secret
-from tests.support.stepup import Upstream, policy_document
-from tests.test_config import toml_document
+from tests.support.stepup import Upstream, policy_document, toml_document
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -59,7 +59,10 @@ async def start(
     subject = request.subject_key
     now = services.now()
 
-    reused = await _recent(services, request, now)
+    # A disabled subject is answered like any other: the page, or `unmet_authentication_
+    # requirements` when no factor is enrolled; only its proofs never succeed.
+    disabled = await services.store.is_disabled(subject)
+    reused = None if disabled else await _recent(services, request, now)
     if reused is not None:
         services.audit.record("stepup.reused", "success", subject=subject, client=client_id)
         return await _issue_code(services, request, reused.amr, reused.auth_time)
@@ -67,7 +70,7 @@ async def start(
     factors = await services.store.factors(subject)
     if services.verifier.meeting(factors, level):
         mode, pending = "verify", None
-    elif _may_enrol_first_factor(services, request, factors, level, now):
+    elif not disabled and _may_enrol_first_factor(services, request, factors, level, now):
         mode, pending = "enrol", services.verifier.new_totp(subject)
     else:
         services.audit.record(
@@ -196,6 +199,9 @@ async def submit(
     if action != "verify":
         return error_page("Request refused", "Unknown action.")
 
+    if await services.store.is_disabled(subject):
+        services.audit.record("factor.verify", "failure", subject=subject, reason="disabled")
+        return _page(services, interaction, GENERIC_FAILURE, 400)
     level = services.config.levels[request.acr]
     if interaction.mode == "enrol" and interaction.pending_factor:
         if not fresh_enough_for_first_factor(services, request.subject_authenticated_at):

@@ -101,6 +101,9 @@ async def _page(
         "error": error,
         "factors": factors,
     }
+    if await services.store.is_disabled(subject):
+        # The same answer as a stale sign-in: a disabled subject is not told apart.
+        return error_page("Sign in again", STALE_SIGN_IN, 403)
     if factors and not enrollment.proven:
         context["step"] = "prove"
     elif not factors and not fresh_enough_for_first_factor(
@@ -132,6 +135,9 @@ async def submit(
         if enrollment.return_uri:
             return Redirect(enrollment.return_uri)
         return error_page("Cancelled", "Nothing was changed.", 200)
+    if await services.store.is_disabled(subject):
+        services.audit.record("enrolment.added", "refused", subject=subject, reason="disabled")
+        return error_page("Sign in again", STALE_SIGN_IN, 403)
     factors = await services.store.factors(subject)
     if action == "prove" and factors and not enrollment.proven:
         attempt = await services.verifier.prove_totp(subject, factors, form.get("code"))

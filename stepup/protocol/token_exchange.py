@@ -64,6 +64,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         raise InvalidGrant("code was issued for another subject")
     if not hmac.compare_digest(_s256(verifier), grant.code_challenge):
         raise InvalidGrant("code_verifier does not match the code_challenge")
+    if await services.store.is_disabled(subject.key):
+        services.audit.record("token.issued", "refused", subject=subject.key, reason="disabled")
+        raise InvalidGrant("code is invalid, expired or already used")
 
     for name in ("resource", "audience"):
         value = form.get(name)

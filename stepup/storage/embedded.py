@@ -109,6 +109,10 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def answering(self) -> bool:
+        """Whether any redis-server (this one or another process's) answers on the socket."""
+        return _ping(self.socket_path)
+
     def command(self, executable: str) -> list[str]:
         args = [
             executable,

@@ -57,6 +57,11 @@ def factors(subject: str) -> str:
     return f"{PREFIX}:{{s:{subject}}}:factors"
 
 
+def disabled(subject: str) -> str:
+    """Present while an operator has disabled the subject. Durable: no TTL."""
+    return f"{PREFIX}:{{s:{subject}}}:disabled"
+
+
 def totp_last_step(subject: str, factor_id: str) -> str:
     return f"{PREFIX}:{{s:{subject}}}:totp:{factor_id}"
 

@@ -205,6 +205,15 @@ class RedisStore:
     async def remove_factor(self, subject: str, factor_id: str) -> bool:
         return bool(await self.redis.hdel(keys.factors(subject), factor_id))
 
+    async def is_disabled(self, subject: str) -> bool:
+        return bool(await self.redis.exists(keys.disabled(subject)))
+
+    async def set_disabled(self, subject: str, disabled: bool) -> None:
+        if disabled:
+            await self.redis.set(keys.disabled(subject), "1")
+        else:
+            await self.redis.delete(keys.disabled(subject))
+
     async def claim_totp_step(self, subject: str, factor_id: str, step: int, ttl: int) -> bool:
         key = keys.totp_last_step(subject, factor_id)
         return bool(await self._claim_step(keys=[key], args=[step, ttl]))

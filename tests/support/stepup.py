@@ -312,3 +312,45 @@ def running_stepup(
 
 def frozen_now() -> FrozenClock:
     return FrozenClock(float(int(time.time())))
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_document(document: dict[str, Any]) -> str:
+    """Writes a policy dict as TOML (scalars, lists of scalars, tables, arrays of tables)."""
+    lines: list[str] = []
+
+    def key(name: str) -> str:
+        return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)
+        if isinstance(item, str):
+            return json.dumps(item)  # JSON string escapes are valid TOML basic strings
+        if isinstance(item, list):
+            return "[" + ", ".join(value(i) for i in item) + "]"
+        raise TypeError(f"cannot write {type(item).__name__} as TOML")
+
+    def is_table_array(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and all(isinstance(i, dict) for i in item)
+
+    def emit(table: dict[str, Any], path: tuple[str, ...]) -> None:
+        for name, item in table.items():
+            if not isinstance(item, dict) and not is_table_array(item):
+                lines.append(f"{key(name)} = {value(item)}")
+        for name, item in table.items():
+            header = ".".join((*path, key(name)))
+            if isinstance(item, dict):
+                lines.extend(("", f"[{header}]"))
+                emit(item, (*path, key(name)))
+            elif is_table_array(item):
+                for entry in item:
+                    lines.extend(("", f"[[{header}]]"))
+                    emit(entry, (*path, key(name)))
+
+    emit(document, ())
+    return "\n".join(lines) + "\n"
