@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
@@ -65,8 +66,15 @@ class Sealer:
         aead = self._keys.get(key_id)
         if aead is None:
             raise SealingError(f"no factor key '{key_id}' to open this secret")
-        raw = base64.urlsafe_b64decode(body)
-        return aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+        try:
+            raw = base64.urlsafe_b64decode(body)
+            return aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+        except (InvalidTag, ValueError) as exc:
+            # Tampered, copied from another subject or factor, or sealed under another key.
+            raise SealingError("this secret does not open in its context") from exc
+
+    def is_current(self, sealed: str) -> bool:
+        return sealed.partition(":")[0] == self._current
 
 
 def new_key_line() -> str:

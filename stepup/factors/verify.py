@@ -14,7 +14,7 @@ from stepup.config import Level
 from stepup.factors import totp
 from stepup.factors.base import FactorKind
 from stepup.models import Factor
-from stepup.sealing import Sealer
+from stepup.sealing import Sealer, SealingError
 from stepup.storage.base import Store
 from stepup.throttle import Throttle
 
@@ -60,8 +60,15 @@ class Verifier:
             data={"secret": self._sealer.seal(secret, f"{subject}:{factor_id}")},
         )
 
-    def totp_secret(self, subject: str, factor: Factor) -> str:
-        return self._sealer.open(str(factor.data["secret"]), f"{subject}:{factor.id}")
+    def totp_secret(self, subject: str, factor: Factor) -> str | None:
+        """The factor's secret, or None when it does not open (fail closed, never a 500)."""
+        try:
+            return self._sealer.open(str(factor.data["secret"]), f"{subject}:{factor.id}")
+        except (SealingError, KeyError) as exc:
+            self._audit.record(
+                "factor.unsealable", "failure", subject=subject, factor=factor.id, reason=str(exc)
+            )
+            return None
 
     async def prove_totp(self, subject: str, candidates: list[Factor], code: str | None) -> Attempt:
         """Checks a code against the subject's TOTP factors (or one being enrolled)."""
@@ -75,7 +82,8 @@ class Verifier:
             for factor in candidates:
                 if factor.kind != "totp":
                     continue
-                step = totp.matching_step(self.totp_secret(subject, factor), cleaned, now)
+                secret = self.totp_secret(subject, factor)
+                step = None if secret is None else totp.matching_step(secret, cleaned, now)
                 if step is None:
                     continue
                 # The step is claimed atomically: the same code (or an older one) is refused
@@ -95,5 +103,12 @@ class Verifier:
         return Attempt(None, wait)
 
     async def touch(self, subject: str, factor: Factor) -> None:
+        """Records the use; a secret sealed under an older key is resealed with the current one,
+        so an old key can be retired once every factor has been used (or re-enrolled)."""
         factor.last_used_at = int(self._clock.now())
+        sealed = str(factor.data.get("secret", ""))
+        if factor.kind == "totp" and not self._sealer.is_current(sealed):
+            secret = self.totp_secret(subject, factor)
+            if secret is not None:
+                factor.data["secret"] = self._sealer.seal(secret, f"{subject}:{factor.id}")
         await self._store.update_factor(subject, factor)

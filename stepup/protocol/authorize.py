@@ -318,6 +318,9 @@ def _context(services: Services, interaction: Interaction) -> dict[str, Any]:
 
 def enrol_context(services: Services, sub: str, subject: str, factor: Factor) -> dict[str, Any]:
     secret = services.verifier.totp_secret(subject, factor)
+    if secret is None:
+        # Sealed under a key that is gone: show no QR; confirming fails like a wrong code.
+        return {"qr_svg": "", "secret_groups": "unavailable — start again", "otpauth_uri": ""}
     issuer_name = urlsplit(services.config.issuer).hostname or "stepup"
     uri = totp.provisioning_uri(secret, sub, issuer_name)
     return {

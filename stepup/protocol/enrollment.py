@@ -11,6 +11,7 @@ import hmac
 import secrets
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from stepup.config import Client
 from stepup.errors import InvalidRequest
@@ -117,7 +118,12 @@ async def _page(
         factor = Factor(**enrollment.pending_factor)
         context["step"] = "confirm"
         context.update(enrol_context(services, enrollment.sub, subject, factor))
-    return Page("enroll.html", context, status, retry_after)
+    # CSP form-action also governs the redirect a form leads to (Cancel → return_uri).
+    origins: tuple[str, ...] = ()
+    if enrollment.return_uri:
+        parts = urlsplit(enrollment.return_uri)
+        origins = (f"{parts.scheme}://{parts.netloc}",)
+    return Page("enroll.html", context, status, retry_after, form_origins=origins)
 
 
 async def submit(

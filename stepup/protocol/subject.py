@@ -31,6 +31,7 @@ from stepup.models import Subject
 
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
 MAX_TOKEN_LENGTH = 16_384
+MIN_RSA_BITS = 2048
 MAX_NUMERIC_DATE = 2**40  # far beyond any real date, far below 64-bit limits
 
 
@@ -88,11 +89,16 @@ class UpstreamKeys:
     async def _fetch(self, upstream: Upstream) -> KeySet:
         if upstream.jwks_file is not None:
             try:
-                return KeySet.import_key_set(json.loads(upstream.jwks_file.read_text("utf-8")))
-            except (OSError, ValueError, JoseError) as exc:
+                data = json.loads(upstream.jwks_file.read_text("utf-8"))
+                return _strong_only(KeySet.import_key_set(data))
+            except (OSError, ValueError, TypeError, JoseError) as exc:
                 raise UpstreamUnavailable(f"{upstream.jwks_file}: {exc}") from exc
         jwks_uri = upstream.jwks_uri or await self._discover(upstream)
-        return KeySet.import_key_set(await self._get_json(jwks_uri))  # type: ignore[arg-type]
+        try:
+            keys = KeySet.import_key_set(await self._get_json(jwks_uri))  # type: ignore[arg-type]
+        except (JoseError, ValueError, TypeError) as exc:
+            raise UpstreamUnavailable(f"{jwks_uri}: not a usable JWKS: {exc}") from exc
+        return _strong_only(keys)
 
     async def _discover(self, upstream: Upstream) -> str:
         base = upstream.issuer.rstrip("/")
@@ -123,6 +129,13 @@ class UpstreamKeys:
         if not isinstance(data, dict):
             raise UpstreamUnavailable(f"{url}: not a JSON object")
         return data
+
+
+def _strong_only(keys: KeySet) -> KeySet:
+    # RFC 7518 §3.3: RSA keys of 2048 bits or more; a shorter published key is never used.
+    return KeySet(
+        [k for k in keys if k.key_type != "RSA" or k.public_key.key_size >= MIN_RSA_BITS]  # type: ignore[union-attr]
+    )
 
 
 def _has_kid(keys: KeySet, kid: str | None) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stepup.web import api, pages
+from stepup.web import api, openapi, pages
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -22,6 +22,7 @@ API_PATHS = frozenset(
         "/enroll",
         "/healthz",
         "/readyz",
+        "/openapi.json",
     }
 )
 
@@ -40,5 +41,6 @@ def routes() -> list[BaseRoute]:
         Route("/enroll/{enrollment_id}", pages.enrol, methods=["GET", "POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
