@@ -24,10 +24,22 @@ ACR_PHR = "urn:stepup:acr:phr"
 ACR_PHRH = "urn:stepup:acr:phrh"
 
 FACTOR_KINDS = frozenset({"totp", "webauthn", "recovery"})
-DEFAULT_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+DEFAULT_ALGORITHMS = ("ES256", "ES384", "Ed25519", "RS256", "PS256")
 # Asymmetric only: a shared-secret algorithm would let anyone holding the public key forge tokens.
 ALLOWED_ALGORITHMS = frozenset(
-    {"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    {
+        "ES256",
+        "ES384",
+        "ES512",
+        "Ed25519",
+        "EdDSA",
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+    }
 )
 
 

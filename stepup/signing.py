@@ -16,7 +16,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 
-SIGNING_ALGORITHMS = {"EC": "ES256", "OKP": "EdDSA"}
+# RFC 9864 names Ed25519 fully ("EdDSA" is deprecated for new uses).
+SIGNING_ALGORITHMS = {"EC": "ES256", "OKP": "Ed25519"}
 
 
 class SigningKeyError(Exception):
@@ -35,6 +36,8 @@ class SigningKeys:
         self._keys = keys
         self._verify_set = KeySet(list(keys))
         self._public = {"keys": [self._public_jwk(key) for key in keys]}
+        # Only the algorithms of the keys stepup holds: any other `alg` is refused up front.
+        self._algorithms = sorted({SIGNING_ALGORITHMS[key.key_type] for key in keys})
 
     @staticmethod
     def _public_jwk(key: ECKey | OKPKey) -> dict[str, Any]:
@@ -79,7 +82,7 @@ class SigningKeys:
     def sign(self, claims: dict[str, Any]) -> str:
         # RFC 9068 §2.1: `typ: at+jwt` so the token cannot be confused with an ID token.
         header = {"alg": self.algorithm, "typ": "at+jwt", "kid": self.active.kid}
-        return jwt.encode(header, claims, self.active)
+        return jwt.encode(header, claims, self.active, algorithms=[self.algorithm])
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a token stepup signed, or None; expiry is the caller's to check."""

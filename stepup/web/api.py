@@ -29,8 +29,16 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+# RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
+_DESCRIPTION_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def _description(text: str) -> str:
+    return "".join(c if c in _DESCRIPTION_CHARS else "?" for c in text)
+
+
 def oauth_error(exc: OAuthError) -> JSONResponse:
-    body = {"error": exc.error, "error_description": exc.description}
+    body = {"error": exc.error, "error_description": _description(exc.description)}
     return JSONResponse(body, exc.status, headers={**NO_STORE, **exc.headers()})
 
 
