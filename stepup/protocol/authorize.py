@@ -48,7 +48,8 @@ async def start(
     request_id = request_uri.removeprefix(REQUEST_URI_PREFIX)
     # The request_uri is one-time (RFC 9126 §4): the browser continues on an interaction of its own.
     request = await services.store.take(keys.pending_request(request_id), PendingRequest)
-    if request is None:
+    now = services.now()
+    if request is None or now >= request.created_at + services.config.limits.request_uri_lifetime:
         return error_page("Request expired", EXPIRED)
     if request.client_id != client_id:
         services.audit.record(
@@ -57,7 +58,6 @@ async def start(
         return error_page("Unknown request", "This link does not belong to that app.")
     level = services.config.levels[request.acr]
     subject = request.subject_key
-    now = services.now()
 
     # A disabled subject is answered like any other: the page, or `unmet_authentication_
     # requirements` when no factor is enrolled; only its proofs never succeed.

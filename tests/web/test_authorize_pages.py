@@ -796,3 +796,16 @@ def test_unreachable_redis_fails_closed(
     assert pushed.status_code == 503
     assert pushed.json()["error"] == "temporarily_unavailable"
     assert int(pushed.headers["retry-after"]) > 0
+
+
+def test_request_uri_lives_until_its_lifetime_by_the_clock_too(stepup: Stepup) -> None:
+    lifetime = stepup.config.limits.request_uri_lifetime
+    with stepup.browser() as browser:
+        fresh = stepup.par().json()["request_uri"]
+        stepup.clock.advance(lifetime - 1)
+        kept = browser.get("/authorize", params={"client_id": CLIENT_ID, "request_uri": fresh})
+        late = stepup.par().json()["request_uri"]
+        stepup.clock.advance(lifetime)  # Redis still holds it: the clock alone ends it
+        ended = browser.get("/authorize", params={"client_id": CLIENT_ID, "request_uri": late})
+    assert kept.status_code == 303 and kept.headers["location"].startswith("/interaction/")
+    assert_error_page(ended, 400)
