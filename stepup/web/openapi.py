@@ -13,15 +13,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT
+from stepup.protocol.client_auth import AUTH_METHODS
+from stepup.protocol.par import MAX_STATE, REQUEST_URI_PREFIX
+from stepup.protocol.subject import MAX_TOKEN_LENGTH
+from stepup.protocol.token_exchange import GRANT_TYPE
 from stepup.web.api import JSONResponse
 
 Schema = dict[str, Any]
 
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
-AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 # RFC 6749 §5.2: error and error_description use %x20-21 / %x23-5B / %x5D-7E only.
 _ERROR_TEXT = r"^[\x20-\x21\x23-\x5B\x5D-\x7E]+$"
@@ -30,8 +30,6 @@ _SCOPE = r"^[\x21\x23-\x5B\x5D-\x7E]+( [\x21\x23-\x5B\x5D-\x7E]+)*$"
 _BASE64URL = r"^[A-Za-z0-9_-]+$"
 # A JWS in compact serialization (RFC 7515 §7.1): three base64url parts.
 _COMPACT_JWS = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$"
-MAX_SUBJECT_TOKEN = 16_384  # stepup.protocol.subject.MAX_TOKEN_LENGTH
-MAX_STATE = 1024  # stepup.protocol.par.MAX_STATE
 
 # 400 error codes each endpoint may answer with (the README's list, by endpoint).
 _PAR_ERRORS = [
@@ -183,11 +181,11 @@ def _subject_token_parameters() -> Schema:
         "subject_token": _string(
             "The user's access token B: a JWT from a trusted upstream issuer, issued to this client.",
             minLength=1,
-            maxLength=MAX_SUBJECT_TOKEN,
+            maxLength=MAX_TOKEN_LENGTH,
             pattern=_COMPACT_JWS,
         ),
         "subject_token_type": {
-            "enum": [ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE],
+            "enum": [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT],
             "description": "RFC 8693 §3: the type of subject_token.",
         },
     }
@@ -261,7 +259,7 @@ def _par_operation() -> Schema:
 
 def _token_operation() -> Schema:
     properties: Schema = {
-        "grant_type": {"enum": [TOKEN_EXCHANGE], "description": "RFC 8693 token exchange only."},
+        "grant_type": {"enum": [GRANT_TYPE], "description": "RFC 8693 token exchange only."},
         **_subject_token_parameters(),
         "code": _string("The step-up code from the redirect (one use).", minLength=1),
         "code_verifier": _string(
@@ -272,7 +270,7 @@ def _token_operation() -> Schema:
         "scope": _optional(
             _string("Narrower than approved is fine, wider is invalid_scope.", pattern=_SCOPE)
         ),
-        "requested_token_type": _optional({"enum": [ACCESS_TOKEN_TYPE]}),
+        "requested_token_type": _optional({"enum": [TOKEN_TYPE_ACCESS_TOKEN]}),
         **_client_post_credentials(),
     }
     required = ["grant_type", "subject_token", "subject_token_type", "code", "code_verifier"]
@@ -418,7 +416,7 @@ def _schemas(issuer: str) -> Schema:
                 "grant_types_supported": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "contains": {"const": TOKEN_EXCHANGE},
+                    "contains": {"const": GRANT_TYPE},
                 },
                 "code_challenge_methods_supported": {"const": ["S256"]},
                 "token_endpoint_auth_methods_supported": _auth_methods(),
@@ -435,7 +433,7 @@ def _schemas(issuer: str) -> Schema:
                 },
                 "subject_token_types_supported": {
                     "type": "array",
-                    "items": {"enum": [ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE]},
+                    "items": {"enum": [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT]},
                 },
                 "dpop_signing_alg_values_supported": strings,
                 "authorization_details_types_supported": strings,
@@ -486,7 +484,7 @@ def _schemas(issuer: str) -> Schema:
             "additionalProperties": False,
             "properties": {
                 "access_token": {"type": "string", "pattern": _COMPACT_JWS},
-                "issued_token_type": {"const": ACCESS_TOKEN_TYPE},
+                "issued_token_type": {"const": TOKEN_TYPE_ACCESS_TOKEN},
                 "token_type": {"enum": ["Bearer", "DPoP"]},
                 "expires_in": {"type": "integer", "minimum": 1},
                 "scope": {"type": "string", "pattern": _SCOPE},
