@@ -11,6 +11,7 @@ import pytest
 # Debian package for each tool; ./dev test installs them all.
 APT_PACKAGES = {
     "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
     "chromium": "chromium",
     "oathtool": "oathtool",
     "zbarimg": "zbar-tools",

@@ -1,0 +1,68 @@
+"""The loop on a three-master Redis Cluster: every multi-key operation stays in one slot."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stepup.clock import FrozenClock
+from tests.support.redis_cluster import redis_cluster
+from tests.support.stepup import Stepup, Upstream, make_config, running_stepup
+from tests.support.tools import require_tool
+
+
+@pytest.fixture(scope="module")
+def cluster_url(redis_executable: str) -> Iterator[str]:
+    redis_cli = require_tool("redis-cli")
+    directory = Path(tempfile.mkdtemp(prefix="cluster-"))  # short: unix socket paths
+    try:
+        with redis_cluster(directory, redis_executable, redis_cli) as url:
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def on_cluster(
+    cluster_url: str, upstream: Upstream, tmp_path: Path, clock: FrozenClock
+) -> Iterator[Stepup]:
+    config = make_config(upstream, tmp_path / "data")
+    with running_stepup(config, cluster_url, clock, upstream) as running:
+        yield running
+
+
+def test_whole_loop_on_a_cluster(on_cluster: Stepup) -> None:
+    with on_cluster.browser() as browser:
+        query, verifier, secret = on_cluster.step_up(browser, sub="cluster-user")
+    issued = on_cluster.token(
+        query["code"][0], verifier, subject_token=on_cluster.upstream.token("cluster-user")
+    )
+    assert issued.status_code == 200, issued.text
+    token = issued.json()["access_token"]
+    assert on_cluster.introspect(token).json()["active"] is True
+    # A replayed code revokes the first token (a two-key Lua script in one slot).
+    replay = on_cluster.token(
+        query["code"][0], verifier, subject_token=on_cluster.upstream.token("cluster-user")
+    )
+    assert replay.json()["error"] == "invalid_grant"
+    assert on_cluster.introspect(token).json() == {"active": False}
+    # The enrolled factor is read back from the cluster: the next step-up asks for it.
+    on_cluster.clock.advance(400)
+    with on_cluster.browser() as browser:
+        again, _, _ = on_cluster.step_up(browser, secret=secret, sub="cluster-user")
+    assert "code" in again
+
+
+def test_single_use_and_revocation_on_a_cluster(on_cluster: Stepup) -> None:
+    with on_cluster.browser() as browser:
+        query, verifier, _ = on_cluster.step_up(browser, sub="auditor", scope="audit:read")
+    token = on_cluster.token(
+        query["code"][0], verifier, subject_token=on_cluster.upstream.token("auditor")
+    ).json()["access_token"]
+    assert on_cluster.introspect(token).json()["active"] is True
+    assert on_cluster.introspect(token).json() == {"active": False}
+    assert on_cluster.revoke(token).status_code == 200
