@@ -16,6 +16,7 @@ from stepup.protocol import authorize, enrollment
 from stepup.protocol.outcomes import Page, Redirect, error_page
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
+from stepup.web.api import JSONResponse
 from stepup.web.forms import read_form
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -57,9 +58,13 @@ class Renderer:
             return existing, False
         return secrets.token_urlsafe(24), True
 
-    def respond(self, outcome: Page | Redirect, new_browser: str | None = None) -> Response:
+    def respond(
+        self, outcome: Page | Redirect, new_browser: str | None = None, as_json: bool = False
+    ) -> Response:
         response: Response
-        if isinstance(outcome, Redirect):
+        if as_json:
+            response = _json_outcome(outcome)
+        elif isinstance(outcome, Redirect):
             # 303 so a POST is never replayed against the client's redirect_uri.
             response = RedirectResponse(outcome.location, 303)
         else:
@@ -86,6 +91,34 @@ class Renderer:
         return response
 
 
+# The JSON side of the verification forms (for page scripts, e.g. WebAuthn ceremonies):
+# the same outcomes, as `{"location"}` or a stepup error with the page's one message.
+_JSON_ERRORS = {403: "access_denied", 429: "slow_down", 503: "temporarily_unavailable"}
+
+
+def _json_outcome(outcome: Page | Redirect) -> Response:
+    if isinstance(outcome, Redirect):
+        return JSONResponse({"location": outcome.location})
+    if outcome.status < 400:
+        return JSONResponse({"status": "ok"}, outcome.status)
+    message = outcome.context.get("error") or outcome.context.get("message") or ""
+    body = {
+        "error": _JSON_ERRORS.get(outcome.status, "verification_failed"),
+        "error_description": str(message),
+    }
+    response = JSONResponse(body, outcome.status)
+    if outcome.retry_after:
+        response.headers["Retry-After"] = str(outcome.retry_after)
+    return response
+
+
+def wants_json(request: Request) -> bool:
+    if request.method != "POST":
+        return False
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
 PageHandler = Callable[[Request, Services, str, bool], Awaitable[Page | Redirect]]
 
 
@@ -108,7 +141,7 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
                 503,
                 retry_after=5,
             )
-        return renderer.respond(outcome, browser if new else None)
+        return renderer.respond(outcome, browser if new else None, wants_json(request))
 
     return run
 
