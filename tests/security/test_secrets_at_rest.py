@@ -28,15 +28,16 @@ from tests.support.stepup import (
     ISSUER_UPSTREAM,
     OTHER_RS_SECRET,
     OTHER_SECRET,
-    REDIRECT,
     RS_SECRET,
     Stepup,
     Upstream,
+    got_code,
     hidden,
     manual_key,
     pkce,
     policy_document,
     running_stepup,
+    step_up_with,
 )
 
 NO_REUSE = {"scope": "payments:write", "max_age": "0"}
@@ -109,32 +110,6 @@ def enrol(stepup: Stepup, sub: str) -> str:
     return secret
 
 
-def verify_with(stepup: Stepup, sub: str, secret: str) -> httpx.Response:
-    """A step-up of an enrolled user through the verify form; the answer to the POST."""
-    with stepup.browser() as browser:
-        pushed = stepup.par(stepup.upstream.token(sub), **NO_REUSE)
-        assert pushed.status_code == 201, pushed.text
-        page = stepup.open_authorization(browser, pushed.json()["request_uri"])
-        assert page.status_code == 200, page.text
-        assert 'id="totp-secret"' not in page.text, "an enrolled user was offered enrolment"
-        stepup.clock.advance(30)
-        return browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": stepup.totp_code(secret),
-            },
-        )
-
-
-def got_code(answer: httpx.Response) -> bool:
-    if answer.status_code != 303:
-        return False
-    location = answer.headers["location"]
-    return location.startswith(REDIRECT + "?") and "code" in parse_qs(urlsplit(location).query)
-
-
 def assert_refused_page(answer: httpx.Response) -> None:
     """A failed proof: an HTML page in the 4xx range, no code, never a 500."""
     assert answer.status_code < 500, f"server error {answer.status_code}"
@@ -204,7 +179,7 @@ def test_sealed_secret_copied_onto_another_subject_does_not_step_it_up(
     bob_record["data"]["secret"] = alice_record["data"]["secret"]
     store.hset(keys.factors(subject("bob")), bob_id, json.dumps(bob_record))
     stepup.clock.advance(90)
-    answer = verify_with(stepup, "bob", alice_secret)
+    answer = step_up_with(stepup, "bob", alice_secret)
     assert_refused_page(answer)
     assert not got_code(answer)
 
@@ -219,7 +194,7 @@ def test_factor_record_copied_whole_onto_another_subject_does_not_step_it_up(
     store.delete(bob_factors)
     store.hset(bob_factors, alice_id, json.dumps(alice_record))
     stepup.clock.advance(90)
-    answer = verify_with(stepup, "bob", alice_secret)
+    answer = step_up_with(stepup, "bob", alice_secret)
     assert_refused_page(answer)
     assert not got_code(answer)
 
@@ -350,7 +325,7 @@ def test_after_rotation_an_old_factor_still_steps_up(
     keyed.keys(new_key_line(), old)
     keyed.clock.advance(90)
     with keyed.run() as stepup:
-        assert got_code(verify_with(stepup, "alice", secret))
+        assert got_code(step_up_with(stepup, "alice", secret))
 
 
 def test_after_rotation_a_new_factor_is_sealed_with_the_new_key(
@@ -364,7 +339,7 @@ def test_after_rotation_a_new_factor_is_sealed_with_the_new_key(
     with keyed.run() as stepup:
         bob_secret = enrol(stepup, "bob")
         keyed.clock.advance(90)
-        assert got_code(verify_with(stepup, "bob", bob_secret))
+        assert got_code(step_up_with(stepup, "bob", bob_secret))
     _, bob = only_factor(store, "bob")
     _, alice = only_factor(store, "alice")
     assert bob["data"]["secret"].startswith(key_id(new) + ":")
@@ -384,7 +359,7 @@ def test_after_rotation_a_used_factor_is_resealed_with_the_new_key(
     keyed.keys(new, old)
     keyed.clock.advance(90)
     with keyed.run() as stepup:
-        assert got_code(verify_with(stepup, "alice", secret))
+        assert got_code(step_up_with(stepup, "alice", secret))
     _, record = only_factor(store, "alice")
     assert record["last_used_at"] is not None, "the step-up did not write the factor"
     assert record["data"]["secret"].startswith(key_id(new) + ":")
@@ -401,7 +376,7 @@ def test_with_its_key_removed_an_old_factor_fails_closed_without_a_500(
     keyed.keys(new_key_line())
     keyed.clock.advance(90)
     with keyed.run() as stepup:
-        answer = verify_with(stepup, "alice", secret)
+        answer = step_up_with(stepup, "alice", secret)
     assert_refused_page(answer)
     assert not got_code(answer)
     assert factor_records(store, "alice") == before

@@ -298,6 +298,34 @@ class Stepup:
         return query, verifier, secret
 
 
+def step_up_with(stepup: Stepup, sub: str, secret: str) -> httpx.Response:
+    """A step-up (scope audit:read: never reused) of an enrolled user proving `secret`;
+    returns the answer to the code POST."""
+    with stepup.browser() as browser:
+        pushed = stepup.par(stepup.upstream.token(sub), scope="audit:read")
+        assert pushed.status_code == 201, pushed.text
+        page = stepup.open_authorization(browser, pushed.json()["request_uri"])
+        assert page.status_code == 200, page.text
+        assert 'id="totp-secret"' not in page.text, "a step-up for an enrolled user enrols again"
+        stepup.clock.advance(30)
+        return browser.post(
+            page.url.path,
+            data={
+                "csrf": hidden(page.text, "csrf"),
+                "action": "verify",
+                "code": stepup.totp_code(secret),
+            },
+        )
+
+
+def got_code(answer: httpx.Response) -> bool:
+    """Whether a POST answer is the redirect to the client carrying a code."""
+    if answer.status_code != 303:
+        return False
+    location = answer.headers["location"]
+    return location.startswith(REDIRECT) and "code" in parse_qs(urlsplit(location).query)
+
+
 @contextmanager
 def running_stepup(
     config: Config, redis_url: str, clock: FrozenClock, upstream: Upstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,10 +21,12 @@ from tests.support.stepup import (
     REDIRECT,
     Stepup,
     Upstream,
+    got_code,
     hidden,
     make_config,
     manual_key,
     running_stepup,
+    step_up_with,
 )
 
 ISSUER = "http://localhost:8000"
@@ -73,32 +75,6 @@ def enrol_via_stepup(stepup: Stepup, sub: str) -> str:
     with stepup.browser() as browser:
         _, _, secret = stepup.step_up(browser, sub=sub)
     return secret
-
-
-def step_up_with(stepup: Stepup, sub: str, secret: str) -> httpx.Response:
-    """A step-up (scope audit:read: never reused) proving `secret`; returns the POST answer."""
-    with stepup.browser() as browser:
-        pushed = stepup.par(stepup.upstream.token(sub), scope="audit:read")
-        assert pushed.status_code == 201, pushed.text
-        page = stepup.open_authorization(browser, pushed.json()["request_uri"])
-        assert page.status_code == 200, page.text
-        assert 'id="totp-secret"' not in page.text, "a step-up for an enrolled user enrols again"
-        stepup.clock.advance(30)
-        return browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": stepup.totp_code(secret),
-            },
-        )
-
-
-def got_code(answer: httpx.Response) -> bool:
-    if answer.status_code != 303:
-        return False
-    location = answer.headers["location"]
-    return location.startswith(REDIRECT) and "code" in parse_qs(urlsplit(location).query)
 
 
 def assert_error_page(response: httpx.Response, status: int) -> None:
