@@ -78,3 +78,35 @@ def test_cancel_returns_access_denied_to_the_client(stepup: Stepup, page: Page) 
     assert query["error"] == ["access_denied"]
     assert query["state"] == ["s1"] and query["iss"] == [stepup.config.issuer]
     assert "code" not in query
+
+
+def test_pages_are_keyboard_usable_named_and_fit_a_phone(stepup: Stepup, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    page.route(REDIRECT + "*", lambda route: route.fulfill(status=200, body="ok"))
+    try:
+        _authorize(stepup, page)
+        for _ in range(2):  # the enrolment page now; after one proof, the verify page
+            assert page.evaluate("document.documentElement.lang") == "en"
+            expect(page.locator("h1")).to_have_count(1)
+            # Nothing wider than the phone: no sideways scrolling.
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            for control in page.locator("input:not([type=hidden]), button").all():
+                assert control.evaluate("e => e.labels?.length > 0 || e.textContent.trim() !== ''")
+            # The code field has focus first; Tab moves to the primary action, then Cancel.
+            expect(page.get_by_label("Code from your authenticator app")).to_be_focused()
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.classList.contains('primary')")
+            page.keyboard.press("Tab")
+            expect(page.get_by_role("button", name="Cancel")).to_be_focused()
+            if page.locator("#totp-secret").count():
+                secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+                page.get_by_label("Code from your authenticator app").fill(
+                    pyotp.TOTP(secret).at(stepup.clock.now())
+                )
+                page.get_by_role("button", name="Turn on and continue").click()
+                page.wait_for_url(REDIRECT + "?*")
+                stepup.clock.advance(301)
+                _authorize(stepup, page)
+    finally:
+        context.close()
