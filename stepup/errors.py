@@ -63,26 +63,6 @@ class InvalidAuthorizationDetails(OAuthError):
     error = "invalid_authorization_details"
 
 
-class InvalidDpopProof(OAuthError):
-    error = "invalid_dpop_proof"
-
-
-class UseDpopNonce(OAuthError):
-    error = "use_dpop_nonce"
-
-
-class SlowDown(OAuthError):
-    error = "slow_down"
-    status = 429
-
-    def __init__(self, description: str, *, retry_after: int, detail: str | None = None) -> None:
-        super().__init__(description, detail=detail)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
 class TemporarilyUnavailable(OAuthError):
     error = "temporarily_unavailable"
     status = 503

@@ -37,7 +37,6 @@ class Subject:
     exp: int
     # When the user last authenticated upstream: `auth_time`, else the token's `iat`.
     authenticated_at: int
-    scope: str = ""
     cnf_jkt: str | None = None
 
     @property
@@ -122,7 +121,6 @@ class Elevation:
     single_use: bool = False
     cnf_jkt: str | None = None
     authorization_details: list[dict[str, Any]] | None = None
-    subject_issuer: str = ""
 
 
 @dataclass(slots=True)

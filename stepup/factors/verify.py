@@ -26,10 +26,6 @@ class Attempt:
     factor: Factor | None
     retry_after: int = 0
 
-    @property
-    def ok(self) -> bool:
-        return self.factor is not None
-
 
 class Verifier:
     def __init__(

@@ -320,13 +320,12 @@ def enrol_context(services: Services, sub: str, subject: str, factor: Factor) ->
     secret = services.verifier.totp_secret(subject, factor)
     if secret is None:
         # Sealed under a key that is gone: show no QR; confirming fails like a wrong code.
-        return {"qr_svg": "", "secret_groups": "unavailable — start again", "otpauth_uri": ""}
+        return {"qr_svg": "", "secret_groups": "unavailable — start again"}
     issuer_name = urlsplit(services.config.issuer).hostname or "stepup"
     uri = totp.provisioning_uri(secret, sub, issuer_name)
     return {
         "qr_svg": totp.qr_svg(uri),
         "secret_groups": " ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
-        "otpauth_uri": uri,
     }
 
 

@@ -257,13 +257,11 @@ class SubjectValidator:
         auth_time = number("auth_time", False)
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        scope = claims.get("scope")
         return Subject(
             issuer=upstream.issuer,
             sub=sub,
             client_id=client.client_id,
             exp=exp,
             authenticated_at=auth_time if auth_time is not None else (iat or 0),
-            scope=scope if isinstance(scope, str) else "",
             cnf_jkt=jkt if isinstance(jkt, str) else None,
         )

@@ -99,7 +99,6 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         exp=now + lifetime,
         single_use=services.policy.single_use(scopes),
         authorization_details=grant.authorization_details,
-        subject_issuer=subject.issuer,
     )
     claims: dict[str, Any] = {
         "iss": elevation.iss,

@@ -202,9 +202,6 @@ class RedisStore:
         )
         return bool(updated)
 
-    async def remove_factor(self, subject: str, factor_id: str) -> bool:
-        return bool(await self.redis.hdel(keys.factors(subject), factor_id))
-
     async def is_disabled(self, subject: str) -> bool:
         return bool(await self.redis.exists(keys.disabled(subject)))
 

@@ -40,8 +40,6 @@ _PAR_ERRORS = [
     "invalid_scope",
     "invalid_target",
     "invalid_authorization_details",
-    "invalid_dpop_proof",
-    "use_dpop_nonce",
 ]
 _TOKEN_ERRORS = [
     "invalid_request",
@@ -51,8 +49,6 @@ _TOKEN_ERRORS = [
     "unsupported_token_type",
     "invalid_scope",
     "invalid_target",
-    "invalid_dpop_proof",
-    "use_dpop_nonce",
 ]
 _INTROSPECT_ERRORS = ["invalid_request"]
 _REVOKE_ERRORS = ["invalid_request", "unauthorized_client", "unsupported_token_type"]
@@ -152,11 +148,6 @@ def _errors(codes: list[str]) -> Schema:
                 },
             },
             "content": _json(_error_schema(["invalid_client"])),
-        },
-        "429": {
-            "description": "Too many requests: wait Retry-After seconds.",
-            "headers": {**_no_store(), **_retry_after()},
-            "content": _json(_error_schema(["slow_down"])),
         },
         "503": {
             "description": "Redis or an upstream issuer's keys are unreachable: stepup fails closed.",
