@@ -73,7 +73,7 @@ def build_services(
         policy=Policy(config),
         throttle=throttle,
         audit=audit,
-        verifier=Verifier(store, sealer, throttle, clock, audit),
+        verifier=Verifier(store, sealer, throttle, clock, audit, config.relying_party),
     )
 
 

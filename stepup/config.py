@@ -130,6 +130,32 @@ class Throttle:
 
 
 @dataclass(frozen=True)
+class WebAuthn:
+    """The relying party stepup is to authenticators (WebAuthn §5.4.2, §13.4.9)."""
+
+    rp_id: str
+    origins: tuple[str, ...]
+    rp_name: str = "stepup"
+    # How long a ceremony's challenge stays valid; it is also single-use.
+    challenge_lifetime: int = 120
+
+
+@dataclass(frozen=True)
+class Factors:
+    # NIST SP 800-63B §5.1.2: recovery codes are look-up secrets; ten is what people expect.
+    recovery_codes: int = 10
+    # Removing the last factor that meets a level: "refuse", or "warn" and ask to confirm.
+    last_factor: str = "refuse"
+
+
+def default_webauthn(issuer: str) -> WebAuthn:
+    parts = urlsplit(issuer)
+    return WebAuthn(
+        rp_id=parts.hostname or "localhost", origins=(f"{parts.scheme}://{parts.netloc}",)
+    )
+
+
+@dataclass(frozen=True)
 class Deployment:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -155,6 +181,12 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     throttle: Throttle = field(default_factory=Throttle)
     deployment: Deployment = field(default_factory=Deployment)
+    webauthn: WebAuthn | None = None  # None: derived from the issuer
+    factors: Factors = field(default_factory=Factors)
+
+    @property
+    def relying_party(self) -> WebAuthn:
+        return self.webauthn or default_webauthn(self.issuer)
 
     def level(self, uri: str) -> Level | None:
         return self.levels.get(self.aliases.get(uri, uri))
@@ -306,6 +338,8 @@ class _Reader:
                 "resource_servers",
                 "acr",
                 "scopes",
+                "webauthn",
+                "factors",
             },
             "policy",
         )
@@ -316,6 +350,8 @@ class _Reader:
         limits = self.limits(self.table(raw, "limits", "policy"))
         throttle = self.throttle(self.table(raw, "throttle", "policy"))
         levels, aliases = self.levels(self.table(raw, "acr", "policy"))
+        webauthn = self.webauthn(self.table(raw, "webauthn", "policy"), issuer)
+        factors = self.factors(self.table(raw, "factors", "policy"))
         upstreams = tuple(
             u
             for i, t in enumerate(self.tables(raw, "upstream"))
@@ -362,6 +398,8 @@ class _Reader:
             limits=limits,
             throttle=throttle,
             deployment=deployment,
+            webauthn=webauthn,
+            factors=factors,
         )
 
     def check_issuer(self, issuer: str) -> None:
@@ -441,6 +479,45 @@ class _Reader:
         if throttle.free_attempts >= throttle.max_failures:
             self.problem("throttle.free_attempts", "must be below max_failures")
         return throttle
+
+    def webauthn(self, t: Mapping[str, Any], issuer: str | None) -> WebAuthn | None:
+        where = "webauthn"
+        self.no_unknown(t, {"rp_id", "rp_name", "origins", "challenge_lifetime"}, where)
+        if not t or not issuer:
+            return None
+        default = default_webauthn(issuer)
+        rp_id = self.string(t, "rp_id", where, default.rp_id)
+        origins = self.strings(t, "origins", where, list(default.origins))
+        for origin in origins:
+            host = urlsplit(origin).hostname or ""
+            # WebAuthn §5.1.4.1: the RP ID must be the origin's host or a registrable suffix.
+            if not secure_url(origin) or urlsplit(origin).path not in ("", "/"):
+                self.problem(
+                    f"{where}.origins", f"{origin!r} is not an https (or localhost) origin"
+                )
+            elif host != rp_id and not host.endswith("." + rp_id):
+                self.problem(f"{where}.rp_id", f"{rp_id!r} is not a suffix of {origin!r}")
+        lifetime = self.integer(t, "challenge_lifetime", where, default.challenge_lifetime)
+        if not 10 <= lifetime <= 600:
+            self.problem(f"{where}.challenge_lifetime", "must be between 10 and 600 seconds")
+        return WebAuthn(
+            rp_id=rp_id,
+            origins=tuple(o.rstrip("/") for o in origins),
+            rp_name=self.string(t, "rp_name", where, default.rp_name),
+            challenge_lifetime=lifetime,
+        )
+
+    def factors(self, t: Mapping[str, Any]) -> Factors:
+        where = "factors"
+        defaults = Factors()
+        self.no_unknown(t, {"recovery_codes", "last_factor"}, where)
+        count = self.integer(t, "recovery_codes", where, defaults.recovery_codes)
+        if not 4 <= count <= 20:
+            self.problem(f"{where}.recovery_codes", "must be between 4 and 20")
+        last = self.string(t, "last_factor", where, defaults.last_factor)
+        if last not in ("refuse", "warn"):
+            self.problem(f"{where}.last_factor", "must be 'refuse' or 'warn'")
+        return Factors(recovery_codes=count, last_factor=last)
 
     def levels(self, t: Mapping[str, Any]) -> tuple[dict[str, Level], dict[str, str]]:
         self.no_unknown(t, {"levels", "aliases"}, "acr")

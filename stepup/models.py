@@ -147,6 +147,7 @@ class Enrollment:
     return_uri: str | None = None
     proven: bool = False
     pending_factor: dict[str, Any] | None = None
+    notice: str | None = None  # what the last change did, shown once on the next page
 
     @property
     def subject_key(self) -> str:

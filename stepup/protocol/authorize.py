@@ -15,14 +15,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stepup.config import Level
-from stepup.factors import totp
+from stepup.factors import totp, webauthn
+from stepup.factors.verify import Attempt
 from stepup.models import Factor, Grant, Interaction, PendingRequest, RecentStepUp
-from stepup.protocol.outcomes import Page, Redirect, error_page, form_ok
+from stepup.protocol import ceremonies
+from stepup.protocol.outcomes import Json, Page, Redirect, error_page, form_ok
 from stepup.protocol.par import REQUEST_URI_PREFIX
 from stepup.services import Services
 from stepup.storage import keys
 
-GENERIC_FAILURE = "That code did not work. Check your authenticator app and try again."
+GENERIC_FAILURE = "That did not work. Check your code or security key and try again."
 STALE_SIGN_IN = (
     "To set up your first factor, sign in to the app again and start over: "
     "your sign-in is too old to add a factor."
@@ -71,7 +73,10 @@ async def start(
     if services.verifier.meeting(factors, level):
         mode, pending = "verify", None
     elif not disabled and _may_enrol_first_factor(services, request, factors, level, now):
-        mode, pending = "enrol", services.verifier.new_totp(subject)
+        mode, pending = (
+            "enrol",
+            (services.verifier.new_totp(subject) if _takes(services, level, "totp") else None),
+        )
     else:
         services.audit.record(
             "authorize.start", "unmet", subject=subject, client=client_id, acr=level.uri
@@ -105,14 +110,18 @@ async def start(
 def _may_enrol_first_factor(
     services: Services, request: PendingRequest, factors: list[Factor], level: Level, now: int
 ) -> bool:
-    limits = services.config.limits
-    probe = Factor(id="probe", kind="totp", name="", created_at=now)
     return (
         not factors
-        and limits.enrollment_during_stepup
-        and services.verifier.meeting([probe], level) != []
+        and services.config.limits.enrollment_during_stepup
+        and (_takes(services, level, "totp") or _takes(services, level, "webauthn"))
         and fresh_enough_for_first_factor(services, request.subject_authenticated_at)
     )
+
+
+def _takes(services: Services, level: Level, kind: str) -> bool:
+    """Whether a new factor of this kind could meet the level (for first-factor enrolment)."""
+    probe = Factor(id="probe", kind=kind, name="", created_at=0)
+    return services.verifier.meeting([probe], level) != []
 
 
 def fresh_enough_for_first_factor(services: Services, authenticated_at: int) -> bool:
@@ -150,17 +159,17 @@ async def show(services: Services, interaction_id: str, browser: str | None) -> 
             "This approval page was started in another browser. Go back to the app and try again.",
             403,
         )
-    return _page(services, interaction)
+    return await _page(services, interaction)
 
 
-def _page(
+async def _page(
     services: Services,
     interaction: Interaction,
     error: str | None = None,
     status: int = 200,
     retry_after: int | None = None,
 ) -> Page:
-    context = _context(services, interaction)
+    context = await _context(services, interaction)
     context["error"] = error
     origin = urlsplit(interaction.request["redirect_uri"])
     return Page(
@@ -174,7 +183,7 @@ def _page(
 
 async def submit(
     services: Services, interaction_id: str, browser: str | None, form: Mapping[str, str]
-) -> Redirect | Page:
+) -> Redirect | Page | Json:
     key = keys.interaction(interaction_id)
     interaction = await _interaction(services, key)
     if interaction is None:
@@ -183,6 +192,7 @@ async def submit(
         return error_page("Request refused", "This form was not sent from the approval page.", 403)
     request = interaction.pending()
     subject = request.subject_key
+    level = services.config.levels[request.acr]
     action = form.get("action")
     if action == "cancel":
         if await services.store.take(key, Interaction) is None:
@@ -196,23 +206,36 @@ async def submit(
                 {"error": "access_denied", "state": request.state, "iss": services.config.issuer},
             )
         )
-    if action != "verify":
+    if action == "webauthn-options":
+        enrol = interaction.mode == "enrol"
+        factors = [] if enrol else await services.store.factors(subject)
+        return await ceremonies.begin(
+            services,
+            _ceremony_id(interaction_id),
+            subject,
+            "register" if enrol else "authenticate",
+            level,
+            services.verifier.meeting(factors, level),
+            request.sub,
+        )
+    if action not in ("verify", "recovery", "webauthn"):
         return error_page("Request refused", "Unknown action.")
 
     if await services.store.is_disabled(subject):
         services.audit.record("factor.verify", "failure", subject=subject, reason="disabled")
-        return _page(services, interaction, GENERIC_FAILURE, 400)
-    level = services.config.levels[request.acr]
-    if interaction.mode == "enrol" and interaction.pending_factor:
+        return await _page(services, interaction, GENERIC_FAILURE, 400)
+    if interaction.mode == "enrol":
         if not fresh_enough_for_first_factor(services, request.subject_authenticated_at):
             services.audit.record("enrolment.added", "refused", subject=subject, reason="stale")
             return error_page("Sign in again", STALE_SIGN_IN, 403)
-        candidates = [Factor(**interaction.pending_factor)]
+        attempt, sign_count = await _prove_new(services, interaction_id, interaction, action, form)
     else:
-        candidates = services.verifier.meeting(await services.store.factors(subject), level)
-    attempt = await services.verifier.prove_totp(subject, candidates, form.get("code"))
+        attempt, sign_count = (
+            await _prove(services, interaction_id, subject, level, action, form),
+            None,
+        )
     if attempt.factor is None:
-        return _page(
+        return await _page(
             services,
             interaction,
             failure_message(attempt.retry_after),
@@ -230,6 +253,8 @@ async def submit(
             return error_page(
                 "Already set up", "A factor was set up meanwhile. Go back to the app and try again."
             )
+        if sign_count is not None:
+            await services.store.advance_sign_count(subject, factor.id, sign_count)
         services.audit.record(
             "enrolment.added",
             "success",
@@ -240,7 +265,60 @@ async def submit(
         )
     else:
         await services.verifier.touch(subject, factor)
-    return await _issue_code(services, request, services.verifier.amr(factor), services.now())
+    return await _issue_code(services, request, attempt.amr, services.now())
+
+
+async def _prove(
+    services: Services,
+    interaction_id: str,
+    subject: str,
+    level: Level,
+    action: str,
+    form: Mapping[str, str],
+) -> Attempt:
+    candidates = services.verifier.meeting(await services.store.factors(subject), level)
+    if action == "webauthn":
+        ceremony = await ceremonies.finish(services, _ceremony_id(interaction_id))
+        return await services.verifier.prove_webauthn(
+            subject, candidates, ceremony, form.get("credential")
+        )
+    if action == "recovery":
+        return await services.verifier.prove_recovery(
+            subject, candidates, form.get("recovery_code")
+        )
+    return await services.verifier.prove_totp(subject, candidates, form.get("code"))
+
+
+async def _prove_new(
+    services: Services,
+    interaction_id: str,
+    interaction: Interaction,
+    action: str,
+    form: Mapping[str, str],
+) -> tuple[Attempt, int | None]:
+    """A first factor enrolled on the verification page: confirming it is the proof."""
+    subject = interaction.pending().subject_key
+    if action == "webauthn":
+        ceremony = await ceremonies.finish(services, _ceremony_id(interaction_id))
+        if ceremony is not None and ceremony.subject != subject:
+            ceremony = None
+        registered = services.verifier.register_webauthn(
+            ceremony, form.get("credential"), "Passkey"
+        )
+        if registered is None:
+            return Attempt(None), None
+        factor, sign_count = registered
+        return Attempt(
+            factor, 0, webauthn.proof_amr(bool(factor.data["user_verified"]))
+        ), sign_count
+    if action == "verify" and interaction.pending_factor:
+        pending = Factor(**interaction.pending_factor)
+        return await services.verifier.prove_totp(subject, [pending], form.get("code")), None
+    return Attempt(None), None
+
+
+def _ceremony_id(interaction_id: str) -> str:
+    return "interaction:" + interaction_id
 
 
 def failure_message(retry_after: int) -> str:
@@ -292,7 +370,7 @@ async def _issue_code(
     )
 
 
-def _context(services: Services, interaction: Interaction) -> dict[str, Any]:
+async def _context(services: Services, interaction: Interaction) -> dict[str, Any]:
     request = interaction.pending()
     config = services.config
     client = config.clients[request.client_id]
@@ -310,9 +388,15 @@ def _context(services: Services, interaction: Interaction) -> dict[str, Any]:
         "mode": interaction.mode,
         "csrf": interaction.csrf,
     }
-    if interaction.mode == "enrol" and interaction.pending_factor:
-        factor = Factor(**interaction.pending_factor)
-        context.update(enrol_context(services, request.sub, request.subject_key, factor))
+    if interaction.mode == "enrol":
+        context["offer"] = {"passkey_setup": _takes(services, level, "webauthn")}
+        if interaction.pending_factor:
+            factor = Factor(**interaction.pending_factor)
+            context.update(enrol_context(services, request.sub, request.subject_key, factor))
+    else:
+        factors = await services.store.factors(request.subject_key)
+        kinds = {f.kind for f in services.verifier.meeting(factors, level)}
+        context["offer"] = {kind: kind in kinds for kind in ("totp", "webauthn", "recovery")}
     return context
 
 

@@ -22,6 +22,14 @@ class Page:
     form_origins: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Json:
+    """Data for a page script (e.g. WebAuthn options), answered as application/json."""
+
+    body: dict[str, Any]
+    status: int = 200
+
+
 def error_page(title: str, message: str, status: int = 400) -> Page:
     return Page("error.html", {"title": title, "message": message}, status)
 

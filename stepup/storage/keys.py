@@ -72,3 +72,18 @@ def throttle(subject: str) -> str:
 
 def recent_stepup(subject: str, client_id: str) -> str:
     return f"{PREFIX}:{{s:{subject}}}:recent:{digest(client_id)[:16]}"
+
+
+def webauthn_challenge(context_id: str) -> str:
+    """The challenge of the one ceremony a page (interaction or enrolment visit) has running."""
+    return f"{PREFIX}:wa:{digest(context_id)}"
+
+
+def sign_count(subject: str, factor_id: str) -> str:
+    """A WebAuthn credential's last seen signature counter. Durable: no TTL."""
+    return f"{PREFIX}:{{s:{subject}}}:signcount:{factor_id}"
+
+
+def recovery_codes(subject: str) -> str:
+    """A set of the digests of the subject's unused recovery codes. Durable: no TTL."""
+    return f"{PREFIX}:{{s:{subject}}}:recovery"

@@ -84,6 +84,48 @@ return 1
 """
 
 
+# KEYS[1] a credential's signature counter; ARGV[1] the counter the authenticator just sent.
+# WebAuthn §6.1.1: a counter must grow; one that does not may mean a cloned authenticator.
+# Both zero means the authenticator keeps no counter (common for synced passkeys).
+ADVANCE_SIGN_COUNT = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seen = tonumber(ARGV[1])
+if seen > last or (seen == 0 and last == 0) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+# KEYS[1] the subject's factors, KEYS[2] its recovery code digests; ARGV[1] the recovery
+# factor's id, ARGV[2] its record, ARGV[3..] the new digests. A new set voids the old one
+# in the same step, so no moment exists with both or neither.
+REPLACE_RECOVERY_CODES = """
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.find(all[i], '^recovery%-') then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('SADD', KEYS[2], unpack(ARGV, 3))
+return 1
+"""
+
+
+# KEYS[1] the subject's factors, KEYS[2..] keys that belong to the factor (counters, codes).
+# ARGV[1] the factor id. Removes the factor and everything kept for it.
+REMOVE_FACTOR = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 and #KEYS > 1 then
+  redis.call('DEL', unpack(KEYS, 2))
+end
+return removed
+"""
+
+
 # KEYS[1] the elevated token's record, KEYS[2] its revoked marker; ARGV[1] the record,
 # ARGV[2] its lifetime. Records the token unless the jti was revoked first.
 RECORD_ELEVATION = """
@@ -118,6 +160,9 @@ class RedisStore:
         self._update_factor = client.register_script(UPDATE_FACTOR)
         self._record_elevation = client.register_script(RECORD_ELEVATION)
         self._revoke_forever = client.register_script(REVOKE_FOREVER)
+        self._advance_sign_count = client.register_script(ADVANCE_SIGN_COUNT)
+        self._replace_recovery = client.register_script(REPLACE_RECOVERY_CODES)
+        self._remove_factor = client.register_script(REMOVE_FACTOR)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -182,9 +227,42 @@ class RedisStore:
     # -- factors (durable) ----------------------------------------------------------------
 
     async def factors(self, subject: str) -> list[Factor]:
-        raw = await self.redis.hgetall(keys.factors(subject))
+        # One round trip: the factor records and how many recovery codes are left.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.factors(subject))
+            pipe.scard(keys.recovery_codes(subject))
+            raw, remaining = await pipe.execute()
         found = [models.load(Factor, value) for value in raw.values()]
+        for factor in found:
+            if factor.kind == "recovery":
+                factor.data["remaining"] = int(remaining)
         return sorted(found, key=lambda f: (f.created_at, f.id))
+
+    async def remove_factor(self, subject: str, factor: Factor) -> bool:
+        """Removes a factor with its counter, last TOTP step or recovery codes."""
+        owned = {
+            "webauthn": [keys.sign_count(subject, factor.id)],
+            "totp": [keys.totp_last_step(subject, factor.id)],
+            "recovery": [keys.recovery_codes(subject)],
+        }.get(factor.kind, [])
+        removed = await self._remove_factor(keys=[keys.factors(subject), *owned], args=[factor.id])
+        return bool(removed)
+
+    async def advance_sign_count(self, subject: str, factor_id: str, seen: int) -> bool:
+        key = keys.sign_count(subject, factor_id)
+        return bool(await self._advance_sign_count(keys=[key], args=[seen]))
+
+    async def replace_recovery_codes(
+        self, subject: str, factor: Factor, digests: list[str]
+    ) -> None:
+        await self._replace_recovery(
+            keys=[keys.factors(subject), keys.recovery_codes(subject)],
+            args=[factor.id, models.dump(factor), *digests],
+        )
+
+    async def use_recovery_code(self, subject: str, digest: str) -> bool:
+        # SREM is one atomic command: of two racing uses of one code, exactly one removes it.
+        return bool(await self.redis.srem(keys.recovery_codes(subject), digest))
 
     async def save_factor(self, subject: str, factor: Factor) -> None:
         await self.redis.hset(keys.factors(subject), factor.id, models.dump(factor))

@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from stepup.errors import OAuthError
 from stepup.protocol import authorize, enrollment
-from stepup.protocol.outcomes import Page, Redirect, error_page
+from stepup.protocol.outcomes import Json, Page, Redirect, error_page
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.api import JSONResponse
@@ -59,10 +59,12 @@ class Renderer:
         return secrets.token_urlsafe(24), True
 
     def respond(
-        self, outcome: Page | Redirect, new_browser: str | None = None, as_json: bool = False
+        self, outcome: Page | Redirect | Json, new_browser: str | None = None, as_json: bool = False
     ) -> Response:
         response: Response
-        if as_json:
+        if isinstance(outcome, Json):
+            response = JSONResponse(outcome.body, outcome.status)
+        elif as_json:
             response = _json_outcome(outcome)
         elif isinstance(outcome, Redirect):
             # 303 so a POST is never replayed against the client's redirect_uri.
@@ -119,13 +121,14 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-PageHandler = Callable[[Request, Services, str, bool], Awaitable[Page | Redirect]]
+PageHandler = Callable[[Request, Services, str, bool], Awaitable[Page | Redirect | Json]]
 
 
 def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         renderer: Renderer = request.app.state.renderer
         browser, new = renderer.browser(request)
+        outcome: Page | Redirect | Json
         try:
             outcome = await handler(request, renderer.services, browser, new)
         except OAuthError as exc:
@@ -159,7 +162,7 @@ async def authorization(
 @page
 async def interaction(
     request: Request, services: Services, browser: str, new: bool
-) -> Page | Redirect:
+) -> Page | Redirect | Json:
     interaction_id = request.path_params["interaction_id"]
     if request.method == "POST":
         return await authorize.submit(
@@ -169,7 +172,9 @@ async def interaction(
 
 
 @page
-async def enrol(request: Request, services: Services, browser: str, new: bool) -> Page | Redirect:
+async def enrol(
+    request: Request, services: Services, browser: str, new: bool
+) -> Page | Redirect | Json:
     enrollment_id = request.path_params["enrollment_id"]
     if request.method == "POST":
         return await enrollment.submit(

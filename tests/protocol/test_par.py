@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
+from stepup.clock import FrozenClock
 from tests.support.oauth import assert_oauth_error, module_server
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
@@ -28,7 +30,10 @@ from tests.support.stepup import (
     RS_ID,
     RS_SECRET,
     Stepup,
+    Upstream,
+    make_config,
     pkce,
+    running_stepup,
 )
 
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
@@ -83,17 +88,19 @@ def redirect_query(response: httpx.Response) -> dict[str, list[str]]:
 
 def demanded_level_outcome(stepup: Stepup, **fields: str | None) -> httpx.Response:
     """Push a request for a user with no factor and open it: a level TOTP can meet shows the
-    enrolment page (200), a higher one redirects with unmet_authentication_requirements."""
+    TOTP enrolment page, a higher one offers only a passkey (see assert_passkey_only)."""
     pushed = stepup.par(None, auth=None, **fields)
     assert pushed.status_code == 201, pushed.text
     with stepup.browser() as browser:
         return stepup.open_authorization(browser, pushed.json()["request_uri"])
 
 
-def assert_unmet(response: httpx.Response) -> None:
-    query = redirect_query(response)
-    assert query["error"] == ["unmet_authentication_requirements"]
-    assert "code" not in query
+def assert_passkey_only(response: httpx.Response) -> None:
+    """The page a new user gets at a phishing-resistant level: create a passkey, no TOTP."""
+    assert response.status_code == 200, response.text
+    assert "data-webauthn" in response.text
+    assert 'id="totp-secret"' not in response.text
+    assert 'autocomplete="one-time-code"' not in response.text
 
 
 def assert_totp_page(response: httpx.Response) -> None:
@@ -477,7 +484,7 @@ def test_resource_not_allowed_for_the_client_is_invalid_target(stepup: Stepup) -
 )
 def test_challenge_header_shapes_are_read(stepup: Stepup, challenge: str) -> None:
     # acr phr is read out of the header: a user who can only enrol TOTP cannot meet it.
-    assert_unmet(demanded_level_outcome(stepup, challenge=challenge))
+    assert_passkey_only(demanded_level_outcome(stepup, challenge=challenge))
 
 
 @pytest.mark.parametrize(
@@ -507,21 +514,29 @@ def test_policy_level_for_the_scope_is_met_with_totp(stepup: Stepup) -> None:
 def test_asking_a_lower_level_than_policy_still_gets_the_policy_level(stepup: Stepup) -> None:
     # keys:admin requires phr; the challenge asks only for mfa.
     outcome = demanded_level_outcome(stepup, scope="keys:admin", challenge=CHALLENGE)
-    assert_unmet(outcome)
+    assert_passkey_only(outcome)
 
 
 def test_asking_a_lower_level_by_acr_values_still_gets_the_policy_level(stepup: Stepup) -> None:
     outcome = demanded_level_outcome(stepup, scope="keys:admin", challenge=None, acr_values=MFA)
-    assert_unmet(outcome)
+    assert_passkey_only(outcome)
 
 
 def test_asking_a_higher_level_than_policy_gets_the_higher_one(stepup: Stepup) -> None:
     outcome = demanded_level_outcome(stepup, challenge=None, acr_values=PHR)
-    assert_unmet(outcome)
+    assert_passkey_only(outcome)
 
 
-def test_unmet_redirect_carries_state_and_iss(stepup: Stepup) -> None:
-    query = redirect_query(demanded_level_outcome(stepup, acr_values=PHR, state="keep-me"))
+def test_unmet_redirect_carries_state_and_iss(
+    upstream: Upstream, tmp_path: Path, redis_url: str, clock: FrozenClock
+) -> None:
+    # Without enrolment during step-up, a user with no factor cannot meet any level.
+    config = make_config(upstream, tmp_path / "no-enrol", enrollment_during_stepup=False)
+    with running_stepup(config, redis_url, clock, upstream) as stepup:
+        outcome = demanded_level_outcome(stepup, acr_values=PHR, state="keep-me")
+    query = redirect_query(outcome)
+    assert query["error"] == ["unmet_authentication_requirements"]
+    assert "code" not in query
     assert query["state"] == ["keep-me"]
     assert query["iss"] == [stepup.config.issuer]
 

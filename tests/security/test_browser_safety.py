@@ -183,7 +183,9 @@ def html_pages(live_stepup: Stepup, redis_server: EmbeddedRedis) -> dict[str, ht
         pages["enrolled"] = post_form(
             browser, link, "confirm", stepup.totp_code(manual_key(link.text))
         )
-        pages["enrolment link used twice"] = browser.get(link.url.path)
+        pages["recovery codes, shown once"] = post_form(browser, pages["enrolled"], "recovery-new")
+        pages["enrolment done"] = post_form(browser, link, "done")
+        pages["enrolment link used after done"] = browser.get(link.url.path)
 
         prove = browser.get(enrolment_path(stepup, "paula"))
         pages["enrolment: prove a factor first"] = prove
@@ -225,7 +227,9 @@ def html_pages(live_stepup: Stepup, redis_server: EmbeddedRedis) -> dict[str, ht
         "enrolment link": 200,
         "enrolment wrong code": 400,
         "enrolled": 200,
-        "enrolment link used twice": 400,
+        "recovery codes, shown once": 200,
+        "enrolment done": 200,
+        "enrolment link used after done": 400,
         "enrolment: prove a factor first": 200,
         "enrolment: second factor": 200,
         "enrolment link with a way back": 200,

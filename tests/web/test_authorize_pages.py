@@ -405,13 +405,14 @@ def test_first_factor_enrolled_after_first_factor_max_age_is_refused(
     assert 'id="totp-secret"' in again.text
 
 
-def test_level_totp_cannot_meet_is_unmet_for_new_user(stepup: Stepup) -> None:
+def test_level_totp_cannot_meet_offers_a_new_user_only_a_passkey(stepup: Stepup) -> None:
     with stepup.browser() as browser:
-        started, _, state = authorize(stepup, browser, "fresh", scope="keys:admin")
-    query = redirect_query(started)
-    assert query["error"] == ["unmet_authentication_requirements"]
-    assert query["state"] == [state]
-    assert "code" not in query
+        started, _, _ = authorize(stepup, browser, "fresh", scope="keys:admin")
+        assert started.status_code == 303, started.text
+        page = browser.get(started.headers["location"])
+    assert page.status_code == 200
+    assert "Create a passkey" in page.text
+    assert 'id="totp-secret"' not in page.text
 
 
 def test_level_totp_cannot_meet_is_unmet_for_totp_user(stepup: Stepup) -> None:

@@ -143,10 +143,13 @@ def test_confirming_with_a_valid_code_creates_the_factor(
         page = browser.get(path)
         secret = manual_key(page.text)
         stepup.clock.advance(30)
-        done = post(browser, page, "confirm", stepup.totp_code(secret))
+        added = post(browser, page, "confirm", stepup.totp_code(secret))
+        assert added.status_code == 200, added.text
+        assert "Authenticator app added" in added.text
+        # The visit goes on (to add recovery codes, say) until the user is done with it.
+        assert 'value="recovery-new"' in added.text
+        done = post(browser, added, "done")
         assert done.status_code == 200, done.text
-        assert "added" in done.text
-        # The link is spent.
         assert_error_page(browser.get(path), 400)
     assert factor_count(factor_store, "olga") == 1
     # A step-up for that user now asks for a code, and that code is the enrolled one.
