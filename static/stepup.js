@@ -68,7 +68,8 @@
     const body = new URLSearchParams();
     body.set("csrf", form.elements.csrf.value);
     for (const [name, value] of Object.entries(fields)) body.set(name, value);
-    const response = await fetch(form.action, {
+    // Not form.action: the form's input named "action" shadows that property.
+    const response = await fetch(form.getAttribute("action") || window.location.href, {
       method: "POST",
       body: body,
       headers: { Accept: "application/json" },

@@ -40,7 +40,8 @@ def browser_cookie_name(issuer: str) -> str:
 def content_security_policy(form_origins: tuple[str, ...] = ()) -> str:
     form_action = " ".join(("'self'", *form_origins))
     return (
-        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; "
         f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
     )
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -328,9 +329,13 @@ def got_code(answer: httpx.Response) -> bool:
 
 @contextmanager
 def running_stepup(
-    config: Config, redis_url: str, clock: FrozenClock, upstream: Upstream
+    config: Config,
+    redis_url: str,
+    clock: FrozenClock,
+    upstream: Upstream,
+    sock: socket.socket | None = None,
 ) -> Iterator[Stepup]:
-    with LiveServer(create_app(config, redis_url=redis_url, clock=clock)) as live:
+    with LiveServer(create_app(config, redis_url=redis_url, clock=clock), sock=sock) as live:
         stepup = Stepup(live.url, config, clock, upstream)
         try:
             yield stepup

@@ -1,0 +1,97 @@
+"""WebAuthn in real Chromium: a stepup whose issuer is the origin the browser sees, and the
+DevTools virtual authenticator (CDP `WebAuthn` domain) standing in for a passkey."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from playwright.sync_api import Page
+
+from stepup.clock import FrozenClock
+from stepup.config import parse
+from tests.support.server import bound_socket
+from tests.support.stepup import REDIRECT, Stepup, Upstream, policy_document, running_stepup
+
+
+@contextmanager
+def stepup_at_origin(
+    upstream: Upstream, data_dir: Path, redis_url: str, clock: FrozenClock, **limits: Any
+) -> Iterator[Stepup]:
+    """A stepup whose issuer is http://localhost:PORT, the origin its pages are served from:
+    WebAuthn checks the origin and RP ID (`localhost`) a credential was used at."""
+    sock = bound_socket()
+    document = policy_document(upstream, data_dir, **limits)
+    document["issuer"] = f"http://localhost:{sock.getsockname()[1]}"
+    config = parse(document, base_dir=data_dir)
+    with running_stepup(config, redis_url, clock, upstream, sock=sock) as stepup:
+        yield stepup
+
+
+class VirtualAuthenticator:
+    """A CTAP2 platform authenticator inside the page's browser context."""
+
+    def __init__(self, page: Page, **options: Any) -> None:
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.send("WebAuthn.enable", {"enableUI": False})
+        settings = {
+            "protocol": "ctap2",
+            "transport": "internal",
+            "hasResidentKey": True,
+            "hasUserVerification": True,
+            "isUserVerified": True,
+            "automaticPresenceSimulation": True,
+        }
+        settings.update(options)
+        answer = self.cdp.send("WebAuthn.addVirtualAuthenticator", {"options": settings})
+        self.id: str = answer["authenticatorId"]
+
+    def set_user_verified(self, verified: bool) -> None:
+        self.cdp.send(
+            "WebAuthn.setUserVerified",
+            {"authenticatorId": self.id, "isUserVerified": verified},
+        )
+
+    def credentials(self) -> list[dict[str, Any]]:
+        answer = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.id})
+        found: list[dict[str, Any]] = answer["credentials"]
+        return found
+
+    def add_credential(self, credential: dict[str, Any]) -> None:
+        self.cdp.send(
+            "WebAuthn.addCredential", {"authenticatorId": self.id, "credential": credential}
+        )
+
+    def remove(self) -> None:
+        self.cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": self.id})
+
+
+def answer_callbacks(page: Page) -> None:
+    """The client's redirect_uri has no server behind it: answer it inside the browser."""
+    page.route(REDIRECT + "*", lambda route: route.fulfill(status=200, body="client callback"))
+
+
+def callback_query(page: Page) -> dict[str, list[str]]:
+    page.wait_for_url(REDIRECT + "?*")
+    return parse_qs(urlsplit(page.url).query)
+
+
+def claims_of(stepup: Stepup, token: str) -> dict[str, Any]:
+    keys = KeySet.import_key_set(stepup.http.get("/jwks").json())
+    decoded = jwt.decode(token, keys)
+    return dict(decoded.claims)
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def json_of(text: str) -> Any:
+    return json.loads(text)
