@@ -322,3 +322,67 @@ def test_documents_are_not_modified_by_parsing(document: dict[str, Any], tmp_pat
     before = copy.deepcopy(document)
     parse(document, base_dir=tmp_path)
     assert document == before
+
+
+# -- WebAuthn relying party and factor rules ----------------------------------------------
+
+
+def test_webauthn_relying_party_defaults_to_the_issuer(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    config = parse(document, base_dir=tmp_path)
+    assert config.relying_party.rp_id == "localhost"
+    assert config.relying_party.origins == ("http://localhost:8000",)
+
+
+def test_webauthn_relying_party_may_be_a_parent_domain(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    document["issuer"] = "https://login.bank.example"
+    document["webauthn"] = {
+        "rp_id": "bank.example",
+        "rp_name": "Example Bank",
+        "origins": ["https://login.bank.example", "https://bank.example"],
+        "challenge_lifetime": 90,
+    }
+    rp = parse(document, base_dir=tmp_path).relying_party
+    assert (rp.rp_id, rp.rp_name, rp.challenge_lifetime) == ("bank.example", "Example Bank", 90)
+    assert rp.origins == ("https://login.bank.example", "https://bank.example")
+
+
+@pytest.mark.parametrize(
+    ("webauthn", "fragment"),
+    [
+        ({"rp_id": "other.example"}, "is not a suffix"),
+        ({"origins": ["http://evil.example"]}, "not an https"),
+        ({"origins": ["https://localhost/path"]}, "not an https"),
+        ({"challenge_lifetime": 5}, "between 10 and 600"),
+        ({"relying": "x"}, "unknown key 'relying'"),
+    ],
+)
+def test_bad_webauthn_settings_are_refused(
+    document: dict[str, Any], tmp_path: Path, webauthn: dict[str, Any], fragment: str
+) -> None:
+    document["webauthn"] = webauthn
+    assert_problem(problems_of(document, tmp_path), "webauthn", fragment)
+
+
+@pytest.mark.parametrize(
+    ("factors", "fragment"),
+    [
+        ({"recovery_codes": 2}, "between 4 and 20"),
+        ({"last_factor": "ignore"}, "'refuse' or 'warn'"),
+        ({"spare": 1}, "unknown key 'spare'"),
+    ],
+)
+def test_bad_factor_rules_are_refused(
+    document: dict[str, Any], tmp_path: Path, factors: dict[str, Any], fragment: str
+) -> None:
+    document["factors"] = factors
+    assert_problem(problems_of(document, tmp_path), "factors", fragment)
+
+
+def test_factor_rules_are_read(document: dict[str, Any], tmp_path: Path) -> None:
+    document["factors"] = {"recovery_codes": 12, "last_factor": "warn"}
+    factors = parse(document, base_dir=tmp_path).factors
+    assert (factors.recovery_codes, factors.last_factor) == (12, "warn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,37 @@ from playwright.sync_api import Page
 from stepup.clock import FrozenClock
 from stepup.config import parse
 from tests.support.server import bound_socket
-from tests.support.stepup import REDIRECT, Stepup, Upstream, policy_document, running_stepup
+from tests.support.stepup import (
+    ACCESS_TOKEN_TYPE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REDIRECT,
+    Stepup,
+    Upstream,
+    policy_document,
+    running_stepup,
+)
+
+DocumentEdit = Callable[[dict[str, Any]], None]
 
 
 @contextmanager
 def stepup_at_origin(
-    upstream: Upstream, data_dir: Path, redis_url: str, clock: FrozenClock, **limits: Any
+    upstream: Upstream,
+    data_dir: Path,
+    redis_url: str,
+    clock: FrozenClock,
+    document_edit: DocumentEdit | None = None,
+    **limits: Any,
 ) -> Iterator[Stepup]:
     """A stepup whose issuer is http://localhost:PORT, the origin its pages are served from:
-    WebAuthn checks the origin and RP ID (`localhost`) a credential was used at."""
+    WebAuthn checks the origin and RP ID (`localhost`) a credential was used at.
+    `document_edit` may change the policy document (scopes, factors, throttle) first."""
     sock = bound_socket()
     document = policy_document(upstream, data_dir, **limits)
     document["issuer"] = f"http://localhost:{sock.getsockname()[1]}"
+    if document_edit is not None:
+        document_edit(document)
     config = parse(document, base_dir=data_dir)
     with running_stepup(config, redis_url, clock, upstream, sock=sock) as stepup:
         yield stepup
@@ -71,6 +90,18 @@ class VirtualAuthenticator:
 
     def remove(self) -> None:
         self.cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": self.id})
+
+
+def management_url(stepup: Stepup, sub: str) -> str:
+    """A factor management link for `sub`, as a client asks for it (POST /enroll)."""
+    created = stepup.http.post(
+        "/enroll",
+        data={"subject_token": stepup.upstream.token(sub), "subject_token_type": ACCESS_TOKEN_TYPE},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+    assert created.status_code == 201, created.text
+    url: str = created.json()["enrollment_uri"]
+    return url
 
 
 def answer_callbacks(page: Page) -> None:
