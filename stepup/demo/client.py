@@ -89,6 +89,7 @@ def create_client_app(
             Route("/logout", guard(bank.logout), methods=["POST"]),
             Route("/account", guard(bank.account), methods=["GET"]),
             Route("/pay", guard(bank.pay), methods=["POST"]),
+            Route("/factors", guard(bank.factors), methods=["POST"]),
             Route("/callback", guard(bank.callback), methods=["GET"]),
             Route("/receipt", guard(bank.receipt), methods=["GET"]),
             Route("/static/demo.css", _stylesheet, methods=["GET"]),
@@ -266,6 +267,26 @@ class _Bank:
         if response.status_code == 401:
             raise _signed_out("The payments API no longer accepts your sign-in.")
         raise _api_refused(response, "Payment not sent", "The payments API refused")
+
+    async def factors(self, request: Request) -> Response:
+        """Sends the user to stepup's factor management page (passkeys, recovery codes)."""
+        _, session = await self._checked_form_session(request)
+        _require_user(session)
+        endpoint = _endpoint(await self._metadata(), "enrollment_endpoint")
+        response = await self._client().post(
+            endpoint,
+            data={
+                "subject_token": session.upstream_token or "",
+                "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+                "redirect_uri": self.settings.account_uri,
+            },
+            headers=self._client_auth(),
+        )
+        body = _json_object(response)
+        link = body.get("enrollment_uri") if body else None
+        if response.status_code != 201 or not isinstance(link, str):
+            raise _stepup_refused("open your sign-in factors", response)
+        return RedirectResponse(link, status_code=303)
 
     async def callback(self, request: Request) -> Response:
         session = self._signed_in(request)

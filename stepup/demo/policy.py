@@ -51,6 +51,11 @@ class DemoSettings:
     def redirect_uri(self) -> str:
         return f"{self.client_base}/callback"
 
+    @property
+    def account_uri(self) -> str:
+        """Where stepup's factor management page leads back to ("Done")."""
+        return f"{self.client_base}/account"
+
 
 def write_demo_policy(data_dir: Path, settings: DemoSettings) -> Path:
     """Write the stepup policy for the demo into `data_dir` and return its path."""
@@ -88,7 +93,7 @@ audiences = {_toml_strings([s.api_base])}
 client_id = {q(s.client_id)}
 name = {q(s.client_name)}
 secret_hash = {q(hash_secret(s.client_secret))}
-redirect_uris = {_toml_strings([s.redirect_uri])}
+redirect_uris = {_toml_strings([s.redirect_uri, s.account_uri])}
 scopes = {_toml_strings([PAYMENTS_WRITE])}
 resources = {_toml_strings([s.api_base])}
 

@@ -18,6 +18,7 @@ from stepup.config import load
 from stepup.demo.client import create_demo_apps
 from stepup.demo.policy import DemoSettings, write_demo_policy
 from tests.support.server import LiveServer, bound_socket
+from tests.support.webauthn import VirtualAuthenticator
 
 pytestmark = pytest.mark.browser
 
@@ -87,3 +88,26 @@ def test_newcomer_pays_with_a_step_up_and_the_elevated_token_is_revoked(
     with redis.Redis.from_url(demo.redis_url) as client:
         assert list(client.scan_iter("stepup:tok:*")) == []
         assert len(list(client.scan_iter("stepup:{s:*}:factors"))) == 1
+
+
+def test_newcomer_adds_a_passkey_from_the_bank_then_pays_with_it(page: Page, demo: Demo) -> None:
+    settings = demo.settings
+    VirtualAuthenticator(page)
+    page.goto(settings.client_base)
+    page.get_by_role("button", name=f"Sign in as {settings.user}").click()
+    page.get_by_role("button", name="Manage sign-in factors").click()
+
+    # stepup's management page, reached through the bank's enrolment link.
+    assert page.url.startswith(settings.stepup_issuer + "/enroll/")
+    expect(page.get_by_role("heading", name="Your sign-in factors")).to_be_visible()
+    page.get_by_label("Name for this passkey").fill("Laptop")
+    page.get_by_role("button", name="Create a passkey").click()
+    expect(page.get_by_role("status").filter(has_text="Passkey “Laptop” added")).to_be_visible()
+    expect(page.get_by_text("Laptop", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Done").click()
+    expect(page.get_by_role("heading", name="Your account")).to_be_visible()
+
+    _pay(page, "12.50", "Corner Shop")
+    expect(page.get_by_role("heading", name="Confirm it’s you")).to_be_visible()
+    page.get_by_role("button", name="Use passkey").click()
+    expect(page.get_by_role("heading", name="Payment sent")).to_be_visible()
