@@ -147,7 +147,10 @@ def test_written_policy_loads_with_stepup_config(tmp_path: Path) -> None:
     client = config.clients["demo-bank"]
     assert client.name == "Demo Bank"
     assert secret_matches(SETTINGS.client_secret, client.secret_hash)
-    assert client.redirect_uris == ("http://localhost:8001/callback",)
+    assert client.redirect_uris == (
+        "http://localhost:8001/callback",
+        "http://localhost:8001/account",
+    )
     assert client.scopes == ("payments:write",)
     assert client.resources == ("http://localhost:8002",)
     server = config.resource_servers["payments-api"]
