@@ -400,3 +400,20 @@ def test_removing_an_unknown_factor_is_a_404_page(stepup: Stepup, store: redis.R
     assert answer.status_code == 404
     assert answer.headers["content-type"].startswith("text/html")
     assert len(factor_ids(store, "quy")) == 1
+
+
+def test_recovery_codes_can_be_removed(stepup: Stepup, store: redis.Redis) -> None:
+    secret = enrol_via_stepup(stepup, "rex")
+    codes = new_codes(stepup, "rex", secret)
+    (recovery_id,) = {f for f in factor_ids(store, "rex") if f.startswith("recovery-")}
+    with stepup.browser() as browser:
+        page = proven_page(stepup, browser, "rex", secret)
+        assert "Remove recovery codes" in page.text
+        answer = browser.post(
+            page.url.path,
+            data={"csrf": hidden(page.text, "csrf"), "action": "remove", "factor": recovery_id},
+        )
+    assert answer.status_code == 200, answer.text
+    assert recovery_id not in factor_ids(store, "rex")
+    assert not store.exists(keys.recovery_codes(subject("rex")))
+    assert not got_code(step_up_with_code(stepup, "rex", codes[0]))
