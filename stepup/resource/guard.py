@@ -69,7 +69,7 @@ def bearer_token(authorization: str | None) -> str:
     """The b64token of an RFC 6750 §2.1 Authorization header, or the refusal to answer."""
     if authorization is None or not authorization.strip():
         raise MissingToken()
-    scheme = authorization.strip().split(" ", 1)[0]
+    scheme = re.split(r"[ \t]", authorization.strip(), maxsplit=1)[0]
     if scheme.lower() != "bearer":
         # Another scheme is no Bearer credential at all: answered like none (RFC 6750 §3.1).
         raise MissingToken(detail=f"scheme {scheme[:20]!r}")
