@@ -145,9 +145,7 @@ class Guard:
             # valid, the answer is the step-up challenge, so the client gets one stepup can
             # revoke; if not, invalid_token.
             await verifier.verify_jwt(token)
-            raise requirement.step_up(
-                "A stronger authentication is required", detail="token cannot be introspected"
-            )
+            raise requirement.step_up(detail="token cannot be introspected")
         return await verifier.introspect(
             token,
             issuer,

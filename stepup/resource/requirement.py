@@ -19,6 +19,7 @@ from stepup.resource.tokens import AccessToken
 class Requirement:
     """`scope`: all of these (RFC 6749 §3.3). `acr`: this level or a stronger one.
     `max_age`: the user authenticated at most this many seconds ago (RFC 9470 §3).
+    `description`: the `error_description` of the step-up challenge, for the user's app.
 
     `introspect`: ask stepup (RFC 7662) instead of checking the signature locally, so a
     revoked token is refused; `revocation_delay` seconds of cached answers are tolerated
@@ -32,6 +33,7 @@ class Requirement:
     introspect: bool
     revocation_delay: float
     single_use: bool
+    description: str
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Requirement:
         introspect: bool = False,
         revocation_delay: float = 0.0,
         single_use: bool = False,
+        description: str = "A stronger authentication is required",
     ) -> None:
         scopes = tuple(scope.split()) if isinstance(scope, str) else tuple(scope)
         if any(not s or " " in s for s in scopes):
@@ -58,6 +61,7 @@ class Requirement:
         object.__setattr__(self, "introspect", introspect or single_use)
         object.__setattr__(self, "revocation_delay", float(revocation_delay))
         object.__setattr__(self, "single_use", single_use)
+        object.__setattr__(self, "description", description)
 
     def step_up_params(self) -> list[Param]:
         params: list[Param] = []
@@ -72,10 +76,10 @@ class Requirement:
         return params
 
     def step_up(
-        self, description: str, detail: str | None = None
+        self, description: str | None = None, detail: str | None = None
     ) -> InsufficientUserAuthentication:
         return InsufficientUserAuthentication(
-            description, detail=detail, params=self.step_up_params()
+            description or self.description, detail=detail, params=self.step_up_params()
         )
 
 
@@ -89,7 +93,6 @@ def check(
     """
     if requirement.acr and not levels.satisfies(token.acr, requirement.acr):
         raise requirement.step_up(
-            "A stronger authentication is required",
             detail=f"acr {token.acr!r} does not satisfy {requirement.acr!r}",
         )
     if requirement.max_age is not None:

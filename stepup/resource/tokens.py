@@ -358,21 +358,20 @@ class TokenVerifier:
             introspected=True,
         )
         if single_use:
-            self._spend(verified, now)
+            self._spend(verified.jti or key, verified.expires_at, now)
         elif max_staleness > 0:
             self._remember(key, verified, now)
         return verified
 
-    def _spend(self, token: AccessToken, now: float) -> None:
-        # stepup consumes single-use tokens itself; remembering the jti here as well keeps
-        # a token to one use at this resource even where stepup's policy did not say so.
+    def _spend(self, spent_id: str, expires_at: int, now: float) -> None:
+        # stepup consumes single-use tokens itself; remembering the token here as well keeps
+        # it to one use at this resource even where stepup's policy did not say so. RFC 7662
+        # makes `jti` optional in the answer, so the token's digest stands in for it.
         # No await between the check and the write: in one event loop this is atomic.
-        if token.jti is None:
-            raise InvalidToken("The access token is not valid", detail="single use needs a jti")
-        self._spent = {jti: exp for jti, exp in self._spent.items() if exp + self.leeway > now}
-        if token.jti in self._spent:
-            raise InvalidToken("The access token was already used", detail=f"jti {token.jti} spent")
-        self._spent[token.jti] = token.expires_at
+        self._spent = {k: exp for k, exp in self._spent.items() if exp + self.leeway > now}
+        if spent_id in self._spent:
+            raise InvalidToken("The access token was already used", detail="token spent")
+        self._spent[spent_id] = expires_at
 
     def _remember(self, key: str, token: AccessToken, now: float) -> None:
         self._introspected[key] = _Cached(token, now)
