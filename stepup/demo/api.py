@@ -1,39 +1,40 @@
 """The demo payments API: a resource server that asks for step-up before it moves money.
 
-It speaks only HTTP to its peers. The user's upstream token B is verified locally with the
-IdP's published keys (found through discovery); an elevated token E is checked by RFC 7662
-introspection at stepup, which is what makes revocation take effect at once.
+It is protected with the toolkit (`stepup.resource`) like any API would be: the user's
+upstream token B is verified locally with the IdP's published keys (found through
+discovery); a payment needs an elevated token E, checked by RFC 7662 introspection at stepup
+(revocation bites at once) and good for one payment.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote_plus
 
 import httpx
-from joserfc import jwt
-from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
-from joserfc.jwk import KeySet
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from stepup.clock import Clock, SystemClock
-from stepup.config import ACR_MFA, ACR_PHR, ACR_PHRH
 from stepup.demo.policy import PAYMENTS_READ, PAYMENTS_WRITE, DemoSettings
-from stepup.protocol.challenge import build_challenge
+from stepup.resource import (
+    AccessToken,
+    Guard,
+    ProtectedResource,
+    Requirement,
+    StepUpMiddleware,
+    TrustedIssuer,
+    access_token,
+    requires,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ MAX_AMOUNT = Decimal("10000.00")
 MAX_PAYEE_LENGTH = 70
 # The demo IdP's clock and ours are the same machine's, but a real RS allows some skew.
 LEEWAY = 30
-# How often an unknown `kid` may trigger a JWKS refetch (an attacker picks the kid).
-JWKS_REFRESH_INTERVAL = 30.0
-# Stronger levels satisfy weaker ones (the default ladder in the stepup policy).
-ACR_LADDER = (ACR_MFA, ACR_PHR, ACR_PHRH)
 REALM = "Demo payments API"
 # RFC 9396 type the demo client uses to approve one payment (the RFC's own example type).
 PAYMENT_DETAILS_TYPE = "payment_initiation"
@@ -57,20 +54,51 @@ def create_payments_api(
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
+    http = httpx.AsyncClient(transport=transport, timeout=10.0)
+    guard = Guard(
+        ProtectedResource(
+            settings.api_base,
+            [
+                TrustedIssuer(
+                    settings.stepup_issuer,
+                    client_id=settings.resource_server_id,
+                    client_secret=settings.resource_server_secret,
+                ),
+                TrustedIssuer(settings.idp_issuer),
+            ],
+            resource_name=settings.resource_server_name,
+            realm=REALM,
+            scopes_supported=(PAYMENTS_READ, PAYMENTS_WRITE),
+            leeway=LEEWAY,
+        ),
+        clock=clock,
+        http=http,
+    )
     api = _PaymentsApi(settings, clock or SystemClock())
+    read = Requirement(PAYMENTS_READ)
+    # Introspected (a revoked approval stops at once) and single use: one approval, one payment.
+    write = Requirement(
+        PAYMENTS_WRITE,
+        acr=settings.payment_acr,
+        max_age=settings.payment_max_age,
+        introspect=True,
+        single_use=True,
+        description="A stronger authentication is required to send a payment",
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(transport=transport, timeout=10.0) as http:
-            api.http = http
+        try:
             yield
-            api.http = None
+        finally:
+            await http.aclose()
 
     app = Starlette(
         routes=[
-            Route("/balance", api.balance, methods=["GET"]),
-            Route("/payments", api.create_payment, methods=["POST"]),
+            Route("/balance", requires(read)(api.balance), methods=["GET"]),
+            Route("/payments", requires(write)(api.create_payment), methods=["POST"]),
         ],
+        middleware=[Middleware(StepUpMiddleware, guard=guard)],
         lifespan=lifespan,
     )
     app.state.payments_api = api
@@ -78,34 +106,20 @@ def create_payments_api(
 
 
 class _Refusal(Exception):
-    """An answer other than success: a JSON error body, maybe with a challenge header."""
+    """A business refusal (the token was fine): a JSON error body."""
 
-    def __init__(
-        self, status: int, error: str, description: str, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, error: str, description: str) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
         self.description = description
-        self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
         return JSONResponse(
             {"error": self.error, "error_description": self.description},
             status_code=self.status,
-            headers={**self.headers, "Cache-Control": "no-store"},
+            headers={"Cache-Control": "no-store"},
         )
-
-
-@dataclass(frozen=True)
-class _Caller:
-    sub: str
-    scopes: frozenset[str]
-    elevated: bool
-    acr: str | None = None
-    auth_time: int | None = None
-    exp: int | None = None
-    authorization_details: Any = None
 
 
 @dataclass
@@ -134,38 +148,18 @@ class _PaymentsApi:
     def __init__(self, settings: DemoSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.http: httpx.AsyncClient | None = None
         self.accounts: dict[str, Decimal] = {}
         self.payments: list[_Payment] = []
-        # One elevation, one payment: a token that paid once is not accepted again.
-        self.spent: dict[str, int] = {}
-        self._idp_keys: KeySet | None = None
-        self._idp_keys_fetched = float("-inf")
-        self._stepup_metadata: dict[str, Any] | None = None
-
-    # -- routes --------------------------------------------------------------------------
 
     async def balance(self, request: Request) -> JSONResponse:
-        try:
-            caller = await self._authenticate(request)
-            if caller is None:
-                raise _Refusal(
-                    401, "invalid_request", "No access token", self._challenge([("realm", REALM)])
-                )
-            if not caller.scopes & {PAYMENTS_READ, PAYMENTS_WRITE}:
-                raise _Refusal(
-                    403,
-                    "insufficient_scope",
-                    "Reading the balance needs payments:read",
-                    self._challenge([("error", "insufficient_scope"), ("scope", PAYMENTS_READ)]),
-                )
-        except _Refusal as refusal:
-            return refusal.response()
-        payments = [p.as_json(self.settings.currency) for p in self.payments if p.sub == caller.sub]
+        caller = access_token(request)
+        payments = [
+            p.as_json(self.settings.currency) for p in self.payments if p.sub == caller.subject
+        ]
         return JSONResponse(
             {
-                "sub": caller.sub,
-                "balance": str(self.accounts.get(caller.sub, OPENING_BALANCE)),
+                "sub": caller.subject,
+                "balance": str(self.accounts.get(caller.subject, OPENING_BALANCE)),
                 "currency": self.settings.currency,
                 "payments": payments[::-1],
             },
@@ -173,77 +167,25 @@ class _PaymentsApi:
         )
 
     async def create_payment(self, request: Request) -> JSONResponse:
+        caller = access_token(request)
         try:
-            caller = self._require_step_up(await self._authenticate(request))
             amount, payee = await _read_payment(request)
             self._check_transaction(caller, amount, payee)
-            payment = self._pay(caller, amount, payee, _token_of(request) or "")
+            payment = self._pay(caller, amount, payee)
         except _Refusal as refusal:
             return refusal.response()
         return JSONResponse(
-            {**payment.as_json(self.settings.currency), "balance": str(self.accounts[caller.sub])},
+            {
+                **payment.as_json(self.settings.currency),
+                "balance": str(self.accounts[caller.subject]),
+            },
             status_code=201,
             headers={"Cache-Control": "no-store"},
         )
 
-    # -- what a payment needs ------------------------------------------------------------
-
-    def _step_up_challenge(self) -> dict[str, str]:
-        return self._challenge(
-            [
-                ("error", "insufficient_user_authentication"),
-                ("error_description", "A stronger authentication is required to send a payment"),
-                ("acr_values", self.settings.payment_acr),
-                ("max_age", self.settings.payment_max_age),
-            ]
-        )
-
-    def _require_step_up(self, caller: _Caller | None) -> _Caller:
-        # RFC 9470 §3: any token short of a recent elevation gets the step-up challenge.
-        # (Deliberately also with no token at all, so the demo shows the challenge to curl.)
-        if caller is None or not caller.elevated:
-            raise _Refusal(
-                401,
-                "insufficient_user_authentication",
-                "A stronger authentication is required to send a payment",
-                self._step_up_challenge(),
-            )
-        if PAYMENTS_WRITE not in caller.scopes:
-            # RFC 6750 §3.1: the token is good but lacks the scope.
-            raise _Refusal(
-                403,
-                "insufficient_scope",
-                f"Sending a payment needs {PAYMENTS_WRITE}",
-                self._challenge([("error", "insufficient_scope"), ("scope", PAYMENTS_WRITE)]),
-            )
-        if not self._level_met(caller.acr):
-            raise _Refusal(
-                401,
-                "insufficient_user_authentication",
-                "The authentication level is too low",
-                self._step_up_challenge(),
-            )
-        now = int(self.clock.now())
-        if caller.auth_time is None or now - caller.auth_time > self.settings.payment_max_age:
-            raise _Refusal(
-                401,
-                "insufficient_user_authentication",
-                "A more recent authentication is required",
-                self._step_up_challenge(),
-            )
-        return caller
-
-    def _level_met(self, acr: str | None) -> bool:
-        required = self.settings.payment_acr
-        if acr == required:
-            return True
-        if acr not in ACR_LADDER or required not in ACR_LADDER:
-            return False
-        return ACR_LADDER.index(acr) >= ACR_LADDER.index(required)
-
-    def _check_transaction(self, caller: _Caller, amount: Decimal, payee: str) -> None:
+    def _check_transaction(self, caller: AccessToken, amount: Decimal, payee: str) -> None:
         # RFC 9396: an elevation approved for one transaction is good for that one only.
-        details = caller.authorization_details
+        details = caller.claims.get("authorization_details")
         if not isinstance(details, list):
             return
         approved = [
@@ -267,26 +209,16 @@ class _PaymentsApi:
                 return
         raise _Refusal(403, "payment_not_approved", "This payment is not the one that was approved")
 
-    def _pay(self, caller: _Caller, amount: Decimal, payee: str, token: str) -> _Payment:
+    def _pay(self, caller: AccessToken, amount: Decimal, payee: str) -> _Payment:
         now = int(self.clock.now())
-        # No await between the checks and the writes below: in one event loop they are atomic.
-        self.spent = {k: exp for k, exp in self.spent.items() if exp > now}
-        fingerprint = hashlib.sha256(token.encode()).hexdigest()
-        if fingerprint in self.spent:
-            raise _Refusal(
-                401,
-                "insufficient_user_authentication",
-                "This approval was already used for a payment",
-                self._step_up_challenge(),
-            )
-        balance = self.accounts.get(caller.sub, OPENING_BALANCE)
+        # No await between the check and the write: in one event loop they are atomic.
+        balance = self.accounts.get(caller.subject, OPENING_BALANCE)
         if amount > balance:
             raise _Refusal(422, "insufficient_funds", "The balance is too low for this payment")
-        self.spent[fingerprint] = caller.exp or now + self.settings.payment_max_age
-        self.accounts[caller.sub] = balance - amount
+        self.accounts[caller.subject] = balance - amount
         payment = _Payment(
             id="pay_" + secrets.token_urlsafe(9),
-            sub=caller.sub,
+            sub=caller.subject,
             amount=amount,
             payee=payee,
             created_at=now,
@@ -294,212 +226,8 @@ class _PaymentsApi:
             auth_time=caller.auth_time,
         )
         self.payments.append(payment)
-        log.info("payment %s of %s to %r for %s", payment.id, amount, payee, caller.sub)
+        log.info("payment %s of %s to %r for %s", payment.id, amount, payee, caller.subject)
         return payment
-
-    # -- who is calling ------------------------------------------------------------------
-
-    async def _authenticate(self, request: Request) -> _Caller | None:
-        token = _token_of(request)
-        if token is None:
-            return None
-        # The unverified `iss` only picks the verifier; each verifier then checks everything.
-        if _unverified_issuer(token) == self.settings.idp_issuer:
-            return await self._verify_upstream_token(token)
-        return await self._introspect(token)
-
-    async def _verify_upstream_token(self, token: str) -> _Caller:
-        try:
-            try:
-                parsed = jwt.decode(token, await self._keys(refresh=False), algorithms=["ES256"])
-            except InvalidKeyIdError:
-                # The IdP may have rotated its key since we last fetched the JWKS.
-                parsed = jwt.decode(token, await self._keys(refresh=True), algorithms=["ES256"])
-            # RFC 9068 §4: the typ header tells an access token from an ID token.
-            if str(parsed.header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
-                raise _invalid_token("The access token is not an RFC 9068 access token")
-            jwt.JWTClaimsRegistry(
-                now=int(self.clock.now()),
-                leeway=LEEWAY,
-                iss={"essential": True, "value": self.settings.idp_issuer},
-                aud={"essential": True, "value": self.settings.api_base},
-                exp={"essential": True},
-                sub={"essential": True},
-            ).validate(parsed.claims)
-        except ExpiredTokenError:
-            raise _invalid_token("The access token expired") from None
-        except (JoseError, ValueError, TypeError) as exc:
-            log.info("upstream token refused: %s", exc)
-            raise _invalid_token("The access token is not valid") from None
-        claims = parsed.claims
-        scope = claims.get("scope")
-        return _Caller(
-            sub=str(claims["sub"]),
-            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
-            elevated=False,
-            exp=int(claims["exp"]),
-        )
-
-    async def _introspect(self, token: str) -> _Caller:
-        metadata = await self._metadata()
-        endpoint = metadata.get("introspection_endpoint")
-        if not isinstance(endpoint, str):
-            log.error("stepup metadata names no introspection_endpoint")
-            raise _unavailable()
-        try:
-            response = await self._client().post(
-                endpoint,
-                data={"token": token, "token_type_hint": "access_token"},
-                headers={
-                    "Authorization": _basic(
-                        self.settings.resource_server_id, self.settings.resource_server_secret
-                    ),
-                    "Accept": "application/json",
-                },
-            )
-            body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("introspection failed: %s", exc)
-            raise _unavailable() from None
-        if not isinstance(body, dict):
-            log.warning("introspection answered %s", response.status_code)
-            raise _unavailable()
-        return self._caller_from_introspection(body)
-
-    def _caller_from_introspection(self, body: dict[str, Any]) -> _Caller:
-        # RFC 7662 §2.2: anything but a literal `true` is inactive.
-        if body.get("active") is not True:
-            raise _invalid_token("The access token is not active")
-        issuer = body.get("iss")
-        if issuer is not None and issuer != self.settings.stepup_issuer:
-            raise _invalid_token("The access token is not from stepup")
-        audience = body.get("aud")
-        audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.settings.api_base not in audiences:
-            raise _invalid_token("The access token is not for this API")
-        exp = _seconds(body.get("exp"))
-        now = int(self.clock.now())
-        if exp is None or exp <= now:
-            # A TTL-backed record is not a security boundary: check exp ourselves too.
-            raise _invalid_token("The access token expired")
-        sub = body.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise _invalid_token("The access token names no subject")
-        scope = body.get("scope")
-        acr = body.get("acr")
-        return _Caller(
-            sub=sub,
-            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
-            elevated=True,
-            acr=acr if isinstance(acr, str) else None,
-            auth_time=_seconds(body.get("auth_time")),
-            exp=exp,
-            authorization_details=body.get("authorization_details"),
-        )
-
-    # -- peers ---------------------------------------------------------------------------
-
-    def _client(self) -> httpx.AsyncClient:
-        if self.http is None:
-            raise RuntimeError("the payments API is used outside its lifespan")
-        return self.http
-
-    async def _keys(self, *, refresh: bool) -> KeySet:
-        now = self.clock.now()
-        stale = refresh and now - self._idp_keys_fetched >= JWKS_REFRESH_INTERVAL
-        if self._idp_keys is not None and not stale:
-            return self._idp_keys
-        issuer = self.settings.idp_issuer
-        try:
-            # OpenID Connect Discovery §4.3: the document must name the issuer we asked.
-            discovery = await self._get_json(f"{issuer}/.well-known/openid-configuration")
-            if discovery.get("issuer") != issuer or not isinstance(discovery.get("jwks_uri"), str):
-                raise ValueError("discovery document does not match the issuer")
-            keys = KeySet.import_key_set(await self._get_json(discovery["jwks_uri"]))  # type: ignore[arg-type]
-        except (httpx.HTTPError, ValueError, TypeError, JoseError) as exc:
-            log.warning("cannot fetch the IdP keys: %s", exc)
-            if self._idp_keys is not None:
-                return self._idp_keys
-            raise _unavailable() from None
-        self._idp_keys, self._idp_keys_fetched = keys, now
-        return keys
-
-    async def _metadata(self) -> dict[str, Any]:
-        if self._stepup_metadata is None:
-            issuer = self.settings.stepup_issuer
-            try:
-                document = await self._get_json(f"{issuer}/.well-known/oauth-authorization-server")
-            except (httpx.HTTPError, ValueError) as exc:
-                log.warning("cannot fetch stepup metadata: %s", exc)
-                raise _unavailable() from None
-            # RFC 8414 §3.3: the issuer in the document must be the one we asked for.
-            if document.get("issuer") != issuer:
-                log.error("stepup metadata names issuer %r", document.get("issuer"))
-                raise _unavailable()
-            self._stepup_metadata = document
-        return self._stepup_metadata
-
-    async def _get_json(self, url: str) -> dict[str, Any]:
-        response = await self._client().get(url, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        document = response.json()
-        if not isinstance(document, dict):
-            raise ValueError(f"{url} is not a JSON object")
-        return document
-
-    def _challenge(self, params: list[tuple[str, str | int]]) -> dict[str, str]:
-        return {"WWW-Authenticate": build_challenge("Bearer", params)}
-
-
-def _token_of(request: Request) -> str | None:
-    # RFC 6750 §2.1: the scheme name is case-insensitive; only the header method is accepted.
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
-
-
-def _unverified_issuer(token: str) -> str | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    issuer = payload.get("iss") if isinstance(payload, dict) else None
-    return issuer if isinstance(issuer, str) else None
-
-
-def _seconds(value: object) -> int | None:
-    # RFC 7662 §2.2: NumericDate; JSON may give it as an integer or a float.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return int(value) if math.isfinite(value) else None
-
-
-def _basic(user: str, secret: str) -> str:
-    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-    raw = f"{quote_plus(user)}:{quote_plus(secret)}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def _invalid_token(description: str) -> _Refusal:
-    challenge = build_challenge(
-        "Bearer", [("error", "invalid_token"), ("error_description", description)]
-    )
-    return _Refusal(401, "invalid_token", description, {"WWW-Authenticate": challenge})
-
-
-def _unavailable() -> _Refusal:
-    return _Refusal(
-        503,
-        "temporarily_unavailable",
-        "The payments API cannot check tokens right now",
-        {"Retry-After": "5"},
-    )
 
 
 async def _read_payment(request: Request) -> tuple[Decimal, str]:

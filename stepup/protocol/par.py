@@ -43,8 +43,7 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
     redirect_uri = form.get("redirect_uri")
     if not redirect_uri:
         raise InvalidRequest("redirect_uri is required")
-    if redirect_uri not in client.redirect_uris:
-        # Exact string match (RFC 9700 §4.1.3): no prefix, no pattern, no normalisation.
+    if not _registered(redirect_uri, client.redirect_uris):
         raise InvalidRequest("redirect_uri is not registered for this client")
     code_challenge = _pkce(form)
     state = form.get("state")
@@ -99,6 +98,22 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
         scope=" ".join(scopes),
     )
     return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": lifetime}
+
+
+# RFC 8252 §7.3: a native app's loopback listener gets its port from the system at run time.
+_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\]):([1-9][0-9]{0,4})(/.*)")
+
+
+def _registered(redirect_uri: str, registered: tuple[str, ...]) -> bool:
+    # Exact string match (RFC 9700 §4.1.3): no prefix, no pattern, no normalisation.
+    if redirect_uri in registered:
+        return True
+    # The one exception (RFC 8252 §7.3, RFC 9700 §2.1): for a loopback IP literal registered
+    # without a port, any port; everything else still matches exactly.
+    match = _LOOPBACK.fullmatch(redirect_uri)
+    if match is None or int(match.group(2)) > 65535:
+        return False
+    return f"http://{match.group(1)}{match.group(3)}" in registered
 
 
 def _pkce(form: Mapping[str, str]) -> str:

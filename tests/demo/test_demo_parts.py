@@ -211,15 +211,19 @@ async def test_api_answers_a_payment_with_the_upstream_token_with_a_step_up_chal
     )
 
 
-async def test_api_answers_a_payment_without_a_token_with_the_step_up_challenge(
+async def test_api_answers_a_payment_without_a_token_with_a_bare_challenge(
     key: ECKey,
 ) -> None:
     async with payments_api(key) as api:
         response = await api.post("/payments", json={"amount": "25.00", "payee": "Bob"})
 
+    # RFC 6750 §3.1: no credentials, no error code; the scope and the RFC 9728 metadata
+    # tell a client where to start.
     assert response.status_code == 401
-    (challenge,) = parse_www_authenticate(response.headers["www-authenticate"])
-    assert challenge.params["error"] == "insufficient_user_authentication"
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="Demo payments API", scope="payments:write", '
+        'resource_metadata="http://localhost:8002/.well-known/oauth-protected-resource"'
+    )
 
 
 def signed_by_an_impostor(key: ECKey) -> str:
