@@ -150,11 +150,7 @@ def new_factor(
     """Checks a registration response; returns the factor and its initial sign count."""
     try:
         verified = verify_registration_response(
-            credential=dict(credential),
-            expected_challenge=base64url_to_bytes(ceremony.challenge),
-            expected_rp_id=rp.rp_id,
-            expected_origin=list(rp.origins),
-            require_user_verification=ceremony.user_verification,
+            credential=dict(credential), **_expected(rp, ceremony)
         )
     except (WebAuthnException, ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise CeremonyFailed(f"registration: {exc}") from exc
@@ -211,12 +207,9 @@ def check_assertion(
     try:
         verified = verify_authentication_response(
             credential=dict(credential),
-            expected_challenge=base64url_to_bytes(ceremony.challenge),
-            expected_rp_id=rp.rp_id,
-            expected_origin=list(rp.origins),
             credential_public_key=base64url_to_bytes(str(factor.data["public_key"])),
             credential_current_sign_count=0,
-            require_user_verification=ceremony.user_verification,
+            **_expected(rp, ceremony),
         )
     except (WebAuthnException, ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise CeremonyFailed(f"authentication: {exc}") from exc
@@ -228,6 +221,16 @@ def check_assertion(
     return Assertion(
         factor, verified.new_sign_count, verified.user_verified, verified.credential_backed_up
     )
+
+
+def _expected(rp: WebAuthn, ceremony: Ceremony) -> dict[str, Any]:
+    """What both ceremonies check the response against: this challenge, RP ID and origins."""
+    return {
+        "expected_challenge": base64url_to_bytes(ceremony.challenge),
+        "expected_rp_id": rp.rp_id,
+        "expected_origin": list(rp.origins),
+        "require_user_verification": ceremony.user_verification,
+    }
 
 
 def _requirement(required: bool) -> UserVerificationRequirement:

@@ -294,9 +294,7 @@ async def _confirm_totp(
         return error_page("Already set up", "A factor was set up meanwhile; nothing was changed.")
     enrollment.pending_factor = None
     enrollment.proven = True  # the new factor was just proven
-    enrollment.notice = "Authenticator app added."
-    await _save(services, enrollment_id, enrollment)
-    return await _page(services, enrollment_id, enrollment)
+    return await _changed(services, enrollment_id, enrollment, "Authenticator app added.")
 
 
 async def _register_passkey(
@@ -368,9 +366,7 @@ async def _rename(
     services.audit.record(
         "enrolment.renamed", "success", subject=enrollment.subject_key, factor=factor.id
     )
-    enrollment.notice = f"Renamed to “{name}”."
-    await _save(services, enrollment_id, enrollment)
-    return await _page(services, enrollment_id, enrollment)
+    return await _changed(services, enrollment_id, enrollment, f"Renamed to “{name}”.")
 
 
 async def _remove(
@@ -418,7 +414,13 @@ async def _remove(
     services.audit.record(
         "enrolment.removed", "success", subject=subject, factor=factor.id, kind=factor.kind
     )
-    enrollment.notice = f"“{factor.name}” removed."
+    return await _changed(services, enrollment_id, enrollment, f"“{factor.name}” removed.")
+
+
+async def _changed(
+    services: Services, enrollment_id: str, enrollment: Enrollment, notice: str
+) -> Page:
+    enrollment.notice = notice
     await _save(services, enrollment_id, enrollment)
     return await _page(services, enrollment_id, enrollment)
 
