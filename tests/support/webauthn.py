@@ -25,6 +25,7 @@ from tests.support.stepup import (
     REDIRECT,
     Stepup,
     Upstream,
+    frozen_now,
     policy_document,
     running_stepup,
 )
@@ -51,6 +52,23 @@ def stepup_at_origin(
         document_edit(document)
     config = parse(document, base_dir=data_dir)
     with running_stepup(config, redis_url, clock, upstream, sock=sock) as stepup:
+        yield stepup
+
+
+@contextmanager
+def stepup_for_module(
+    redis_url: str, directory: Path, document_edit: DocumentEdit | None = None
+) -> Iterator[Stepup]:
+    """One stepup at its origin for a whole test module, with its own upstream and clock.
+
+    It keeps nothing but files (keys) outside Redis, so tests share it safely as long as
+    each empties Redis first (the `redis_url` fixture) and reads time from `stepup.clock`.
+    """
+    clock = frozen_now()
+    upstream = Upstream(directory, clock)
+    with stepup_at_origin(
+        upstream, directory / "data", redis_url, clock, document_edit=document_edit
+    ) as stepup:
         yield stepup
 
 
