@@ -16,8 +16,7 @@ from joserfc.jwk import KeySet
 from playwright.sync_api import Page
 
 from stepup.clock import FrozenClock
-from stepup.config import parse
-from tests.support.server import bound_socket
+from tests.support.own_issuer import stepup_at_own_url
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
     CLIENT_ID,
@@ -26,8 +25,6 @@ from tests.support.stepup import (
     Stepup,
     Upstream,
     frozen_now,
-    policy_document,
-    running_stepup,
 )
 
 DocumentEdit = Callable[[dict[str, Any]], None]
@@ -45,13 +42,13 @@ def stepup_at_origin(
     """A stepup whose issuer is http://localhost:PORT, the origin its pages are served from:
     WebAuthn checks the origin and RP ID (`localhost`) a credential was used at.
     `document_edit` may change the policy document (scopes, factors, throttle) first."""
-    sock = bound_socket()
-    document = policy_document(upstream, data_dir, **limits)
-    document["issuer"] = f"http://localhost:{sock.getsockname()[1]}"
-    if document_edit is not None:
-        document_edit(document)
-    config = parse(document, base_dir=data_dir)
-    with running_stepup(config, redis_url, clock, upstream, sock=sock) as stepup:
+
+    def edit(document: dict[str, Any]) -> None:
+        document["limits"] = limits
+        if document_edit is not None:
+            document_edit(document)
+
+    with stepup_at_own_url(data_dir, redis_url, clock, upstream, edit=edit) as stepup:
         yield stepup
 
 
