@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -21,34 +20,10 @@ import httpx
 import pytest
 
 from stepup.config import hash_secret
+from tests.support.cli import cli_env, stepup_cli
 from tests.support.stepup import Upstream, policy_document, toml_document
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 # -- helpers --------------------------------------------------------------------------------
-
-
-def cli_env() -> dict[str, str]:
-    """The test's environment without stepup settings, with the checkout importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPUP_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def stepup_cli(
-    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stepup.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=cwd or ROOT,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def write_policy(path: Path, document: dict[str, Any]) -> Path:
