@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -30,3 +37,53 @@ def stepup_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serving(policy: Path, log: Path, timeout: float = 30) -> Iterator[Served]:
+    port = free_port()
+    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            cwd=policy.parent,
+        )
+    served = Served(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, f"serve exited early:\n{served.output()}"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(served.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"serve not ready:\n{served.output()}"
+            time.sleep(0.1)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def stop(served: Served, timeout: float = 30) -> int:
+    served.process.send_signal(signal.SIGTERM)
+    return served.process.wait(timeout)
