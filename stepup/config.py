@@ -812,6 +812,23 @@ class _Reader:
             self.problem(
                 "metrics.token_hash", "is the admin token: give metrics a token of its own"
             )
+        # Upstream client ids are identities too: two clients admitting the same one could each
+        # present the other's subject tokens, and an elevation would become transferable.
+        claimed: dict[str, str] = {}
+        for client in clients.values():
+            for upstream_id in client.presented_ids():
+                if upstream_id in claimed and claimed[upstream_id] != client.client_id:
+                    self.problem(
+                        f"clients '{client.client_id}'",
+                        f"admits upstream client_id '{upstream_id}' as client "
+                        f"'{claimed[upstream_id]}' does: one identity, one client",
+                    )
+                claimed.setdefault(upstream_id, client.client_id)
+                if upstream_id in servers and upstream_id != client.client_id:
+                    self.problem(
+                        f"clients '{client.client_id}'",
+                        f"admits upstream client_id '{upstream_id}', a resource server's id",
+                    )
 
 
 def secure_url(url: str) -> bool:

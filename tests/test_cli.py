@@ -258,3 +258,14 @@ def test_serve_with_external_redis_and_no_audit_key_exits_3(
     assert done.returncode == 3, done.stderr
     assert "STEPUP_AUDIT_KEY_FILE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_check_refuses_two_clients_admitting_one_upstream_identity(
+    good_document: dict[str, Any], tmp_path: Path
+) -> None:
+    good_document["clients"][1]["upstream_client_ids"] = ["bank"]
+    good_document["clients"][0]["upstream_client_ids"] = ["bank", "payments-rs"]
+    done = stepup_cli("check", str(write_policy(tmp_path / "p.toml", good_document)))
+    assert done.returncode == 1
+    assert "admits upstream client_id 'bank' as client 'bank' does" in done.stderr
+    assert "admits upstream client_id 'payments-rs', a resource server's id" in done.stderr
