@@ -50,7 +50,7 @@ def authenticate(services: Services, authorization: str | None) -> None:
     token = bearer(authorization)
     # Compared even when absent, so both paths cost the same.
     if not secret_matches(token or "", stored if token else _DUMMY_HASH) or token is None:
-        services.audit.record("admin.authenticate", "refused", reason="bad or missing token")
+        # Audited as `admin.refused` (reason invalid_token) with every other refusal.
         raise InvalidToken("the admin token is missing or wrong")
 
 

@@ -34,7 +34,7 @@ class Observe:
             if isinstance(route, Route):
                 self.templates[route.endpoint] = route.path
             elif isinstance(route, Mount):
-                self.templates[route.app] = route.path + "/{path}"
+                self.templates[route.app] = route.path + "/{path:path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +61,8 @@ class Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             correlation_id.reset(token)
-            route = self.templates.get(scope.get("endpoint") or scope.get("app"), "unmatched")
+            # The router wrote the matched endpoint into this same scope dict.
+            route = self.templates.get(scope.get("endpoint"), "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)

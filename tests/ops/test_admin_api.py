@@ -43,7 +43,7 @@ def elevate(stepup: Stepup, sub: str, secret: str | None = None) -> tuple[str, s
     ],
 )
 def test_anything_but_the_admin_token_is_invalid_token(
-    stepup: Stepup, authorization: str | None
+    stepup: Stepup, redis_url: str, authorization: str | None
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     answer = stepup.http.get(
@@ -51,6 +51,7 @@ def test_anything_but_the_admin_token_is_invalid_token(
     )
     assert_oauth_error(answer, 401, "invalid_token")
     assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert streamed(redis_url, "admin.refused", reason="invalid_token")
 
 
 def test_bad_parameters_are_invalid_request(stepup: Stepup) -> None:
