@@ -121,12 +121,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = RedisStore(connect(url))
-        now = clock or SystemClock()
+        clock_ = clock or SystemClock()
         elevations = RedisElevationIndex(store.redis, store)
-        watch = KeyWatch(signing_key_path(config.deployment), now)
+        # The key file decides which key signs now (rotation); re-read while serving.
+        watch = KeyWatch(signing_key_path(config.deployment), clock_)
         async with httpx.AsyncClient(follow_redirects=False) as http:
             services = build_services(
-                config, store, http, now, watch.refresh() or signing, sealer, elevations
+                config, store, http, clock_, watch.refresh() or signing, sealer, elevations
             )
             services.audit.observe(metrics.observe)
             app.state.services = services

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Required, TypedDict, cast
 
 import orjson
 
@@ -36,7 +36,23 @@ _writer_log = logging.getLogger("stepup.audit.writer")
 # Set by the web layer for each request (X-Request-ID, or a generated one).
 correlation_id: ContextVar[str | None] = ContextVar("stepup_correlation_id", default=None)
 
-Observer = Callable[[dict[str, Any]], None]
+
+class AuditEvent(TypedDict, total=False):
+    """One decision. Event names are `<area>.<decision>` (README "Audit trail"); a call site
+    may add other fields, never a secret, code or token."""
+
+    time: Required[float]  # the injected clock
+    event: Required[str]
+    outcome: Required[str]  # success | failure | refused | throttled | inactive | …
+    request_id: str  # the correlation id (X-Request-ID)
+    subject: str  # digest of (upstream issuer, sub): storage/keys.py subject_id
+    client: str
+    server: str
+    jti: str
+    reason: str
+
+
+Observer = Callable[[AuditEvent], None]
 
 
 class AuditKeyError(Exception):
@@ -235,7 +251,7 @@ class Audit:
         self._observers.append(observer)
 
     def record(self, event: str, outcome: str, **fields: Any) -> None:
-        entry: dict[str, Any] = {
+        entry: AuditEvent = {
             "time": round(self._clock.now(), 3),
             "event": event,
             "outcome": outcome,
@@ -243,7 +259,7 @@ class Audit:
         request_id = correlation_id.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        entry.update({k: v for k, v in fields.items() if v is not None})
+        entry.update(cast(AuditEvent, {k: v for k, v in fields.items() if v is not None}))
         line = orjson.dumps(entry)
         _log.info(line.decode())
         for observer in self._observers:

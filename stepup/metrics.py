@@ -8,10 +8,11 @@ and the audit log cannot disagree about what happened.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stepup.audit import AuditEvent
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Milliseconds to seconds: the JSON endpoints answer in a few ms; pages and scrypt take longer.
@@ -78,7 +79,7 @@ class Metrics:
         # The factor a request proved, until that request's approval is counted.
         self._proved: OrderedDict[str, str] = OrderedDict()
 
-    def observe(self, entry: dict[str, Any]) -> None:
+    def observe(self, entry: AuditEvent) -> None:
         """An audit event (see stepup/audit.py), as recorded."""
         event, outcome = str(entry["event"]), str(entry["outcome"])
         self.events.labels(event, outcome).inc()
