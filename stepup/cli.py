@@ -325,7 +325,8 @@ def _audit(path: Path, action: str, count: int, follow: bool) -> int:
                 print(f"{entry_id} {fields.get('body', '')}", flush=True)
                 last = entry_id
             while follow:
-                for entry_id, fields in await log.wait_after(last, 5000):
+                # Blocks less than the client's 2 s socket timeout.
+                for entry_id, fields in await log.wait_after(last, 1000):
                     print(f"{entry_id} {fields.get('body', '')}", flush=True)
                     last = entry_id
         finally:

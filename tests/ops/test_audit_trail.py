@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import redis
 from stepup.clock import FrozenClock
 from stepup.config import parse
 from stepup.storage import keys
-from tests.support.cli import stepup_cli
+from tests.support.cli import cli_env, stepup_cli
 from tests.support.ops import cli_policy, entries, events, streamed, wait_until
 from tests.support.redis_proc import RedisProcess
 from tests.support.stepup import (
@@ -247,3 +251,34 @@ def test_tail_prints_the_newest_entries(stepup: Stepup, redis_url: str, tmp_path
         stream_id, _, body = line.partition(" ")
         assert stream_id == entry_id
         assert json.loads(body)["event"] == "token.introspected"
+
+
+def test_tail_follow_prints_new_entries_as_they_come(
+    stepup: Stepup, redis_url: str, tmp_path: Path
+) -> None:
+    policy = cli_policy(stepup, redis_url, tmp_path / "ops.toml")
+    command = [sys.executable, "-m", "stepup.cli", "audit", "tail", "-f", "--config", str(policy)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True
+    ) as follower:
+        try:
+            time.sleep(1.5)  # past startup and one empty read
+            stepup.http.post(
+                "/introspect",
+                data={"token": "x"},
+                auth=(RS_ID, RS_SECRET),
+                headers={"X-Request-ID": "followed"},
+            )
+            assert follower.stdout is not None
+            ready, _, _ = select.select([follower.stdout], [], [], 10)
+            assert ready, "tail -f printed nothing"
+            line = follower.stdout.readline()
+            assert json.loads(line.partition(" ")[2])["request_id"] == "followed"
+        finally:
+            # SIGTERM, not SIGINT: a background job may start with SIGINT ignored.
+            follower.terminate()
+            try:
+                follower.wait(10)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                follower.wait(10)
