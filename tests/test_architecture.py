@@ -10,8 +10,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "stepup"
 STARLETTE_ALLOWED = {"app.py", "serving.py", "web", "demo"}
+REDIS_ALLOWED = {"storage/redis.py"}
 # The audit chain and the elevation index are Redis code too, each in a module of its own.
-REDIS_ALLOWED = {"storage/redis.py", "storage/audit_stream.py", "storage/elevations.py"}
+REDIS_ALLOWED |= {"storage/audit_stream.py", "storage/elevations.py"}
 
 
 def _imports(path: Path) -> set[str]:
