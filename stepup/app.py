@@ -3,6 +3,7 @@ HTTP client opened in the lifespan (never at import time)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,21 +15,26 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepup.audit import Audit
+from stepup.audit import Audit, AuditKeyError, AuditKeys
 from stepup.clock import Clock, SystemClock
 from stepup.config import Config, Deployment
 from stepup.errors import InvalidRequest
 from stepup.factors.verify import Verifier
+from stepup.keys import KeyWatch
+from stepup.metrics import Metrics
 from stepup.policy import Policy
 from stepup.protocol.subject import SubjectValidator, UpstreamKeys
 from stepup.sealing import Sealer
 from stepup.services import Services
 from stepup.signing import SigningKeys
-from stepup.storage.base import Store
-from stepup.storage.redis import RedisStore, connect
+from stepup.storage.audit_stream import RedisAuditLog
+from stepup.storage.base import ElevationIndex, Store
+from stepup.storage.elevations import RedisElevationIndex
+from stepup.storage.redis import STORAGE_ERRORS, RedisStore, connect
 from stepup.throttle import Throttle
 from stepup.web import api, pages
 from stepup.web.middleware import SecurityHeaders
+from stepup.web.observability import Observe
 from stepup.web.routes import API_PATHS, routes
 
 
@@ -53,6 +59,23 @@ def load_keys(deployment: Deployment) -> tuple[SigningKeys, Sealer]:
     return signing, sealer
 
 
+def signing_key_path(deployment: Deployment) -> Path:
+    return deployment.signing_key_file or deployment.data_dir / "signing-keys.json"
+
+
+def load_audit_keys(config: Config) -> AuditKeys:
+    """The audit chain's HMAC key: configured, or (embedded default only) created once."""
+    deployment = config.deployment
+    try:
+        if config.audit.key_file is not None:
+            return AuditKeys.load(config.audit.key_file)
+        if deployment.embedded_redis:
+            return AuditKeys.load_or_create(deployment.data_dir / "audit-keys.txt")
+    except AuditKeyError as exc:
+        raise StartupError(str(exc)) from exc
+    raise StartupError("set STEPUP_AUDIT_KEY_FILE (or audit.key_file)")
+
+
 def build_services(
     config: Config,
     store: Store,
@@ -60,8 +83,9 @@ def build_services(
     clock: Clock,
     signing: SigningKeys,
     sealer: Sealer,
+    elevations: ElevationIndex,
 ) -> Services:
-    audit = Audit(clock)
+    audit = Audit(clock, buffer=config.audit.buffer)
     throttle = Throttle(store, config.throttle, clock)
     return Services(
         config=config,
@@ -74,6 +98,7 @@ def build_services(
         throttle=throttle,
         audit=audit,
         verifier=Verifier(store, sealer, throttle, clock, audit, config.relying_party),
+        elevations=elevations,
     )
 
 
@@ -88,18 +113,37 @@ def create_app(
     if not url:
         raise StartupError("no Redis URL: start the embedded Redis or set STEPUP_REDIS_URL")
     signing, sealer = load_keys(config.deployment)
+    audit_keys = load_audit_keys(config)
     env = pages.environment(templates) if templates else pages.environment()
+    metrics = Metrics()
+    table = routes()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = RedisStore(connect(url))
+        clock_ = clock or SystemClock()
+        elevations = RedisElevationIndex(store.redis, store)
+        # The key file decides which key signs now (rotation); re-read while serving.
+        watch = KeyWatch(signing_key_path(config.deployment), clock_)
         async with httpx.AsyncClient(follow_redirects=False) as http:
-            services = build_services(config, store, http, clock or SystemClock(), signing, sealer)
+            services = build_services(
+                config, store, http, clock_, watch.refresh() or signing, sealer, elevations
+            )
+            services.audit.observe(metrics.observe)
             app.state.services = services
+            app.state.metrics = metrics
             app.state.renderer = pages.Renderer(services, env)
+            keys_task = asyncio.create_task(watch.run(services), name="stepup-key-watch")
             try:
-                yield
+                async with services.audit.streaming(
+                    RedisAuditLog(store.redis),
+                    audit_keys,
+                    retention_days=config.audit.retention_days,
+                    errors=STORAGE_ERRORS,
+                ):
+                    yield
             finally:
+                keys_task.cancel()
                 await store.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -113,8 +157,11 @@ def create_app(
         return pages.not_found_page(request.app.state.renderer, exc.status_code, exc.detail)
 
     return Starlette(
-        routes=routes(),
+        routes=table,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders, https=config.issuer.startswith("https://"))],
+        middleware=[
+            Middleware(Observe, metrics=metrics, routes=table),
+            Middleware(SecurityHeaders, https=config.issuer.startswith("https://")),
+        ],
         exception_handlers={HTTPException: http_error},
     )

@@ -156,6 +156,22 @@ def default_webauthn(issuer: str) -> WebAuthn:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    # How long audit entries stay in the Redis Stream (trimmed by XTRIM MINID).
+    retention_days: int = 90
+    key_file: Path | None = None  # STEPUP_AUDIT_KEY_FILE; embedded default: data_dir
+    buffer: int = 10_000  # events held in memory while Redis is unreachable
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Bearer credentials of the operator's endpoints; None turns the endpoint off."""
+
+    admin_token_hash: str | None = None
+    metrics_token_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class Deployment:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -183,6 +199,8 @@ class Config:
     deployment: Deployment = field(default_factory=Deployment)
     webauthn: WebAuthn | None = None  # None: derived from the issuer
     factors: Factors = field(default_factory=Factors)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    operator: Operator = field(default_factory=Operator)
 
     @property
     def relying_party(self) -> WebAuthn:
@@ -340,6 +358,9 @@ class _Reader:
                 "scopes",
                 "webauthn",
                 "factors",
+                "audit",
+                "admin",
+                "metrics",
             },
             "policy",
         )
@@ -385,6 +406,9 @@ class _Reader:
             if rule is not None:
                 scopes[name] = rule
         self.separation_of_duties(clients, servers, scopes)
+        audit = self.audit(self.table(raw, "audit", "policy"), environ)
+        operator = self.operator(raw)
+        self.operator_separation(operator, clients, servers)
         if self.problems or not issuer:
             return None
         return Config(
@@ -400,6 +424,8 @@ class _Reader:
             deployment=deployment,
             webauthn=webauthn,
             factors=factors,
+            audit=audit,
+            operator=operator,
         )
 
     def check_issuer(self, issuer: str) -> None:
@@ -731,6 +757,78 @@ class _Reader:
         secrets = [c.secret_hash for c in clients.values() if c.secret_hash]
         if len(secrets) != len(set(secrets)):
             self.problem("clients", "two clients share one secret")
+
+    # -- operations: audit trail, admin and metrics credentials -----------------------------
+
+    def audit(self, t: Mapping[str, Any], environ: Mapping[str, str]) -> AuditSettings:
+        where = "audit"
+        defaults = AuditSettings()
+        self.no_unknown(t, {"retention_days", "key_file", "buffer"}, where)
+        days = self.integer(t, "retention_days", where, defaults.retention_days)
+        if not 1 <= days <= 3650:
+            self.problem(f"{where}.retention_days", "must be between 1 and 3650")
+        buffer = self.integer(t, "buffer", where, defaults.buffer)
+        if not 100 <= buffer <= 1_000_000:
+            self.problem(f"{where}.buffer", "must be between 100 and 1000000")
+        key_file = environ.get("STEPUP_AUDIT_KEY_FILE") or self.string(t, "key_file", where, "")
+        return AuditSettings(
+            retention_days=days,
+            key_file=self.path(key_file) if key_file else None,
+            buffer=buffer,
+        )
+
+    def operator(self, raw: Mapping[str, Any]) -> Operator:
+        hashes: dict[str, str | None] = {}
+        for section in ("admin", "metrics"):
+            t = self.table(raw, section, "policy")
+            self.no_unknown(t, {"token_hash"}, section)
+            value = self.string(t, "token_hash", section, None) if t else None
+            if value is not None and not (value.startswith("sha256:") and len(value) == 71):
+                self.problem(
+                    f"{section}.token_hash",
+                    "must be 'sha256:' and 64 hex digits (make one with `stepup hash-secret`)",
+                )
+            hashes[section] = value
+        return Operator(admin_token_hash=hashes["admin"], metrics_token_hash=hashes["metrics"])
+
+    def operator_separation(
+        self,
+        operator: Operator,
+        clients: Mapping[str, Client],
+        servers: Mapping[str, ResourceServer],
+    ) -> None:
+        # The operator's credentials are nobody else's: a client or resource server holding
+        # the admin token could revoke or read any subject's factors and elevations.
+        others = {c.secret_hash: f"client '{c.client_id}'" for c in clients.values()}
+        others.update({s.secret_hash: f"resource server '{s.id}'" for s in servers.values()})
+        admin, metrics = operator.admin_token_hash, operator.metrics_token_hash
+        for section, value in (("admin", admin), ("metrics", metrics)):
+            if value and value in others:
+                self.problem(
+                    f"{section}.token_hash",
+                    f"is the secret of {others[value]}: the operator's credential must be its own",
+                )
+        if admin and admin == metrics:
+            self.problem(
+                "metrics.token_hash", "is the admin token: give metrics a token of its own"
+            )
+        # Upstream client ids are identities too: two clients admitting the same one could each
+        # present the other's subject tokens, and an elevation would become transferable.
+        claimed: dict[str, str] = {}
+        for client in clients.values():
+            for upstream_id in client.presented_ids():
+                if upstream_id in claimed and claimed[upstream_id] != client.client_id:
+                    self.problem(
+                        f"clients '{client.client_id}'",
+                        f"admits upstream client_id '{upstream_id}' as client "
+                        f"'{claimed[upstream_id]}' does: one identity, one client",
+                    )
+                claimed.setdefault(upstream_id, client.client_id)
+                if upstream_id in servers and upstream_id != client.client_id:
+                    self.problem(
+                        f"clients '{client.client_id}'",
+                        f"admits upstream client_id '{upstream_id}', a resource server's id",
+                    )
 
 
 def secure_url(url: str) -> bool:

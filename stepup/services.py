@@ -12,7 +12,7 @@ from stepup.policy import Policy
 from stepup.protocol.subject import SubjectValidator
 from stepup.sealing import Sealer
 from stepup.signing import SigningKeys
-from stepup.storage.base import Store
+from stepup.storage.base import ElevationIndex, Store
 from stepup.throttle import Throttle
 
 
@@ -28,6 +28,7 @@ class Services:
     throttle: Throttle
     audit: Audit
     verifier: Verifier
+    elevations: ElevationIndex
 
     def now(self) -> int:
         return int(self.clock.now())

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import signal
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,45 +16,17 @@ import httpx
 import pytest
 
 from stepup.config import hash_secret
+from stepup.sealing import Sealer
+from stepup.signing import write_new_key_file
+from tests.support.cli import free_port, serving, stepup_cli, stop
 from tests.support.stepup import Upstream, policy_document, toml_document
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 # -- helpers --------------------------------------------------------------------------------
-
-
-def cli_env() -> dict[str, str]:
-    """The test's environment without stepup settings, with the checkout importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPUP_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def stepup_cli(
-    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stepup.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=cwd or ROOT,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def write_policy(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(toml_document(document))
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def redis_answers(socket_path: Path) -> bool:
@@ -88,50 +55,6 @@ def short_dir() -> Iterator[Path]:
                 sock.connect(str(path / "redis.sock"))
                 sock.sendall(b"SHUTDOWN NOSAVE\r\n")
         shutil.rmtree(path, ignore_errors=True)
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@contextlib.contextmanager
-def serving(policy: Path, log: Path, timeout: float = 30) -> Iterator[Served]:
-    port = free_port()
-    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=cli_env(),
-            cwd=policy.parent,
-        )
-    served = Served(process, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert process.poll() is None, f"serve exited early:\n{served.output()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(served.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"serve not ready:\n{served.output()}"
-            time.sleep(0.1)
-        yield served
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-def stop(served: Served, timeout: float = 30) -> int:
-    served.process.send_signal(signal.SIGTERM)
-    return served.process.wait(timeout)
 
 
 @pytest.fixture
@@ -291,3 +214,58 @@ def test_serve_embedded_default_starts_answers_and_stops_cleanly(
         assert stop(served) == 0, served.output()
     assert second_kids == first_kids
     assert not redis_answers(socket_path)
+
+
+# -- operations: the admin and metrics credentials, exit codes ---------------------------------
+
+
+def test_check_refuses_a_client_or_resource_server_secret_as_an_operator_token(
+    good_document: dict[str, Any], tmp_path: Path
+) -> None:
+    document = good_document
+    document["admin"] = {"token_hash": document["clients"][0]["secret_hash"]}
+    document["metrics"] = {"token_hash": document["resource_servers"][1]["secret_hash"]}
+    done = stepup_cli("check", str(write_policy(tmp_path / "p.toml", document)))
+    assert done.returncode == 1
+    assert "admin.token_hash: is the secret of client 'bank'" in done.stderr
+    assert "metrics.token_hash: is the secret of resource server 'other-rs'" in done.stderr
+    assert done.stderr.strip().endswith("2 problem(s) found")
+
+
+def test_check_refuses_one_token_for_admin_and_metrics(
+    good_document: dict[str, Any], tmp_path: Path
+) -> None:
+    good_document["metrics"] = dict(good_document["admin"])
+    good_document["audit"] = {"retention_days": 0}
+    done = stepup_cli("check", str(write_policy(tmp_path / "p.toml", good_document)))
+    assert done.returncode == 1
+    assert "metrics.token_hash: is the admin token" in done.stderr
+    assert "audit.retention_days: must be between 1 and 3650" in done.stderr
+
+
+def test_serve_with_external_redis_and_no_audit_key_exits_3(
+    good_document: dict[str, Any], tmp_path: Path
+) -> None:
+    write_new_key_file(tmp_path / "signing.json")
+    Sealer.load_or_create(tmp_path / "factor.txt")
+    good_document["server"] = {
+        "redis_url": "redis://127.0.0.1:1/0",
+        "signing_key_file": str(tmp_path / "signing.json"),
+        "factor_key_file": str(tmp_path / "factor.txt"),
+    }
+    policy = write_policy(tmp_path / "stepup.toml", good_document)
+    done = stepup_cli("serve", "--config", str(policy), "--port", str(free_port()), timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "STEPUP_AUDIT_KEY_FILE" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_refuses_two_clients_admitting_one_upstream_identity(
+    good_document: dict[str, Any], tmp_path: Path
+) -> None:
+    good_document["clients"][1]["upstream_client_ids"] = ["bank"]
+    good_document["clients"][0]["upstream_client_ids"] = ["bank", "payments-rs"]
+    done = stepup_cli("check", str(write_policy(tmp_path / "p.toml", good_document)))
+    assert done.returncode == 1
+    assert "admits upstream client_id 'bank' as client 'bank' does" in done.stderr
+    assert "admits upstream client_id 'payments-rs', a resource server's id" in done.stderr

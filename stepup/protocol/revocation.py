@@ -32,4 +32,5 @@ async def revoke(
         services.audit.record("token.revoked", "refused", caller=who, jti=elevation.jti)
         raise UnauthorizedClient("this token was not issued to you")
     await services.store.revoke_elevation(elevation.jti)
+    await services.elevations.untrack(elevation.jti)
     services.audit.record("token.revoked", "success", caller=who, jti=elevation.jti)

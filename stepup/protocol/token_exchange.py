@@ -114,6 +114,8 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         "jti": elevation.jti,
     }
     token = services.signing.sign(claims)
+    # Indexed under the subject before it is recorded, so an admin revoke-all cannot miss it.
+    await services.elevations.track(subject.key, jti, elevation.exp, now, limits.max_token_lifetime)
     if not await services.store.record_elevation(elevation, lifetime):
         # A parallel replay of this code revoked the jti before it was recorded.
         raise InvalidGrant("code is invalid, expired or already used")

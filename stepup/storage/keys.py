@@ -87,3 +87,31 @@ def sign_count(subject: str, factor_id: str) -> str:
 def recovery_codes(subject: str) -> str:
     """A set of the digests of the subject's unused recovery codes. Durable: no TTL."""
     return f"{PREFIX}:{{s:{subject}}}:recovery"
+
+
+# -- operations: the audit chain, per-subject elevations -----------------------------------
+
+
+def audit_stream() -> str:
+    """The audit Stream; its head and anchor share the `{audit}` tag (one slot, one script)."""
+    return f"{PREFIX}:{{audit}}:log"
+
+
+def audit_head() -> str:
+    """The MAC of the newest audit entry: what the next one links to."""
+    return f"{PREFIX}:{{audit}}:head"
+
+
+def audit_anchor() -> str:
+    """`<entry id> <mac>` of the newest entry retention trimmed away."""
+    return f"{PREFIX}:{{audit}}:anchor"
+
+
+def subject_elevations(subject: str) -> str:
+    """A sorted set of the subject's elevated tokens: jti scored by its `exp`."""
+    return f"{PREFIX}:{{s:{subject}}}:elevations"
+
+
+def active_elevations() -> str:
+    """Every unexpired elevation, jti scored by `exp` (the active-elevations gauge)."""
+    return f"{PREFIX}:{{elevations}}:active"

@@ -10,6 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepup.audit import refusal_event
 from stepup.config import Client, ResourceServer
 from stepup.errors import OAuthError, TemporarilyUnavailable
 from stepup.protocol import enrollment, introspection, metadata, par, revocation, token_exchange
@@ -54,6 +55,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, services)
         except OAuthError as exc:
             _log_detail.info("%s %s: %s", request.url.path, exc.error, exc.detail)
+            if exc.status < 500:
+                services.audit.record(refusal_event(request.url.path), "refused", reason=exc.error)
             return oauth_error(exc)
         except STORAGE_ERRORS as exc:
             _log_detail.warning("%s: storage unavailable: %s", request.url.path, exc)

@@ -7,7 +7,7 @@ from pathlib import Path
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stepup.web import api, openapi, pages
+from stepup.web import admin, api, observability, openapi, pages
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -23,6 +23,10 @@ API_PATHS = frozenset(
         "/healthz",
         "/readyz",
         "/openapi.json",
+        "/metrics",
+        *(f"/admin/{path}" for path in ("factors", "factors/remove", "elevations")),
+        "/admin/elevations/revoke",
+        "/admin/enrollments",
     }
 )
 
@@ -42,5 +46,12 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        # The operator's: own bearer credentials, in no public document (README "Operations").
+        Route("/metrics", observability.metrics_endpoint, methods=["GET"]),
+        Route("/admin/factors", admin.factors, methods=["GET"]),
+        Route("/admin/factors/remove", admin.remove_factor, methods=["POST"]),
+        Route("/admin/elevations", admin.elevations, methods=["GET"]),
+        Route("/admin/elevations/revoke", admin.revoke_elevations, methods=["POST"]),
+        Route("/admin/enrollments", admin.enrollment, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

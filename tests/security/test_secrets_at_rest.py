@@ -84,6 +84,10 @@ def redis_dump(store: redis.Redis) -> bytes:
             parts += list(store.smembers(key))
         elif kind == b"zset":
             parts += [member for member, _ in store.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"stream":  # the audit trail: searched for secrets like the rest
+            for _, fields in store.xrange(key):
+                for field, value in fields.items():
+                    parts += [field, value]
         else:
             raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
     return b"\n".join(parts)

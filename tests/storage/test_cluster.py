@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from stepup.clock import FrozenClock
+from tests.support.cli import stepup_cli
+from tests.support.ops import admin, cli_policy, sample, scrape, wait_until
 from tests.support.redis_cluster import redis_cluster
-from tests.support.stepup import Stepup, Upstream, make_config, running_stepup
+from tests.support.stepup import ISSUER_UPSTREAM, Stepup, Upstream, make_config, running_stepup
 from tests.support.tools import require_tool
 
 
@@ -26,11 +28,17 @@ def cluster_url(redis_executable: str) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def cluster_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One deployment's key files for the module: the cluster's audit chain spans its tests."""
+    return tmp_path_factory.mktemp("cluster-data")
+
+
 @pytest.fixture
 def on_cluster(
-    cluster_url: str, upstream: Upstream, tmp_path: Path, clock: FrozenClock
+    cluster_url: str, upstream: Upstream, cluster_data: Path, clock: FrozenClock
 ) -> Iterator[Stepup]:
-    config = make_config(upstream, tmp_path / "data")
+    config = make_config(upstream, cluster_data)
     with running_stepup(config, cluster_url, clock, upstream) as running:
         yield running
 
@@ -66,3 +74,39 @@ def test_single_use_and_revocation_on_a_cluster(on_cluster: Stepup) -> None:
     assert on_cluster.introspect(token).json()["active"] is True
     assert on_cluster.introspect(token).json() == {"active": False}
     assert on_cluster.revoke(token).status_code == 200
+
+
+def test_operations_on_a_cluster(on_cluster: Stepup, cluster_url: str, tmp_path: Path) -> None:
+    """The audit chain ({audit}-tagged scripts), the elevation index and revoke-all, metrics."""
+    with on_cluster.browser() as browser:
+        query, verifier, secret = on_cluster.step_up(browser, sub="ops-user", max_age="0")
+    tokens = [
+        on_cluster.token(
+            query["code"][0], verifier, subject_token=on_cluster.upstream.token("ops-user")
+        ).json()["access_token"]
+    ]
+    with on_cluster.browser() as browser:
+        again, verifier, _ = on_cluster.step_up(browser, secret, sub="ops-user", max_age="0")
+    tokens.append(
+        on_cluster.token(
+            again["code"][0], verifier, subject_token=on_cluster.upstream.token("ops-user")
+        ).json()["access_token"]
+    )
+    assert all(on_cluster.introspect(t).json()["active"] for t in tokens)
+    assert sample(scrape(on_cluster.url), "stepup_active_elevations") >= 2
+    ended = admin(
+        on_cluster, "POST", "/admin/elevations/revoke", issuer=ISSUER_UPSTREAM, sub="ops-user"
+    )
+    assert ended.json() == {"revoked": 2}
+    assert all(on_cluster.introspect(t).json() == {"active": False} for t in tokens)
+    listed = admin(on_cluster, "GET", "/admin/factors", issuer=ISSUER_UPSTREAM, sub="ops-user")
+    assert [f["kind"] for f in listed.json()["factors"]] == ["totp"]
+    policy = cli_policy(on_cluster, cluster_url, tmp_path / "ops.toml")
+
+    def all_written() -> bool:
+        done = stepup_cli("audit", "tail", "-n", "1", "--config", str(policy))
+        return "admin.factors_listed" in done.stdout
+
+    wait_until(all_written, what="the admin call in the stream")
+    done = stepup_cli("audit", "verify", "--config", str(policy))
+    assert done.returncode == 0, done.stderr

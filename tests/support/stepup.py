@@ -35,6 +35,8 @@ CLIENT_ID, CLIENT_SECRET = "bank", "bank-secret-0123456789abcdef"
 OTHER_ID, OTHER_SECRET = "shop", "shop-secret-0123456789abcdef"
 RS_ID, RS_SECRET = "payments-rs", "rs-secret-0123456789abcdef"
 OTHER_RS_ID, OTHER_RS_SECRET = "other-rs", "other-rs-secret-0123456789ab"
+ADMIN_TOKEN = "admin-token-0123456789abcdef0123"
+METRICS_TOKEN = "metrics-token-0123456789abcdef01"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CHALLENGE = (
@@ -130,6 +132,8 @@ def policy_document(upstream: Upstream, data_dir: Path, **limits: Any) -> dict[s
                 "resources": [OTHER_API],
             },
         ],
+        "admin": {"token_hash": hash_secret(ADMIN_TOKEN)},
+        "metrics": {"token_hash": hash_secret(METRICS_TOKEN)},
         "scopes": {
             "payments:write": {
                 "acr": "urn:stepup:acr:mfa",

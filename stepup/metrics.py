@@ -1,0 +1,114 @@
+"""Prometheus metrics of one stepup process, in a registry of its own (several apps may live
+in one process, as in the tests; nothing is registered at import time).
+
+Counts follow the audit trail: every audited decision is observed here too, so the metrics
+and the audit log cannot disagree about what happened.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stepup.audit import AuditEvent
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Milliseconds to seconds: the JSON endpoints answer in a few ms; pages and scrypt take longer.
+_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "stepup_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "stepup_http_request_duration_seconds",
+            "Time to answer, by route template",
+            ["route", "method"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.stepups = Counter(
+            "stepup_stepups",
+            "Step-ups ended: success (a code issued), denied (cancelled), unmet (no factor meets)",
+            ["outcome", "factor", "acr"],
+            registry=r,
+        )
+        self.factor_checks = Counter(
+            "stepup_factor_verifications",
+            "Factor proofs: success, failure, throttled",
+            ["outcome", "factor"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "stepup_throttled", "Factor attempts refused while the subject is throttled", registry=r
+        )
+        self.tokens = Counter(
+            "stepup_tokens",
+            "Elevated-token decisions: issued, introspected, revoked, replay",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "stepup_audit_events",
+            "Audit events by event and outcome",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.active = Gauge(
+            "stepup_active_elevations",
+            "Elevated tokens issued and not expired, less those revoked (all instances, from Redis)",
+            registry=r,
+        )
+        self.audit_pending = Gauge(
+            "stepup_audit_pending", "Audit events not yet in the Redis Stream", registry=r
+        )
+        self.audit_dropped = Gauge(
+            "stepup_audit_dropped",
+            "Audit events dropped from the buffer during a Redis outage (still in the logs)",
+            registry=r,
+        )
+        # The factor a request proved, until that request's approval is counted.
+        self._proved: OrderedDict[str, str] = OrderedDict()
+
+    def observe(self, entry: AuditEvent) -> None:
+        """An audit event (see stepup/audit.py), as recorded."""
+        event, outcome = str(entry["event"]), str(entry["outcome"])
+        self.events.labels(event, outcome).inc()
+        request = str(entry.get("request_id", ""))
+        if event == "factor.verify":
+            kind = str(entry.get("kind", "unknown"))
+            self.factor_checks.labels(outcome, kind).inc()
+            if outcome == "throttled":
+                self.throttled.inc()
+            elif outcome == "success" and request:
+                self._remember(request, kind)
+        elif event == "enrolment.added" and outcome == "success" and request:
+            self._remember(request, str(entry.get("kind", "unknown")))
+        elif event == "stepup.approved":
+            factor = self._proved.pop(request, "unknown") if request else "unknown"
+            self.stepups.labels("success", factor, str(entry.get("acr", ""))).inc()
+        elif event == "stepup.reused":
+            self.stepups.labels("reused", "none", str(entry.get("acr", ""))).inc()
+        elif event == "stepup.cancelled":
+            self.stepups.labels("denied", "none", str(entry.get("acr", ""))).inc()
+        elif event == "authorize.start" and outcome == "unmet":
+            self.stepups.labels("unmet", "none", str(entry.get("acr", ""))).inc()
+        elif event.startswith("token."):
+            self.tokens.labels(event.removeprefix("token."), outcome).inc()
+
+    def _remember(self, request: str, kind: str) -> None:
+        self._proved[request] = kind
+        while len(self._proved) > 1000:
+            self._proved.popitem(last=False)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

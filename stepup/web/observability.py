@@ -1,0 +1,94 @@
+"""Per-request observability: the correlation id (X-Request-ID, echoed; generated when absent
+or unusable) for the audit trail and logs, and request counts and latency by route template
+(never the raw path, which carries interaction and enrolment ids). A pure ASGI middleware."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stepup.audit import correlation_id
+from stepup.config import secret_matches
+from stepup.metrics import CONTENT_TYPE, Metrics
+from stepup.protocol.admin import bearer
+from stepup.services import Services
+from stepup.storage.redis import STORAGE_ERRORS
+
+# What a request id from outside may look like: it lands in logs, so nothing to inject.
+_USABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates: dict[object, str] = {}
+        for route in routes:
+            if isinstance(route, Route):
+                self.templates[route.endpoint] = route.path
+            elif isinstance(route, Mount):
+                self.templates[route.app] = route.path + "/{path:path}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1"
+        )
+        request_id = given if _USABLE_ID.fullmatch(given) else secrets.token_hex(16)
+        token = correlation_id.set(request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            correlation_id.reset(token)
+            # The router wrote the matched endpoint into this same scope dict.
+            route = self.templates.get(scope.get("endpoint"), "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics under its own bearer token (`[metrics] token_hash`); off without one."""
+    services: Services = request.app.state.services
+    metrics: Metrics = request.app.state.metrics
+    stored = services.config.operator.metrics_token_hash
+    if stored is None:
+        return Response("not found\n", 404, media_type="text/plain")
+    token = bearer(request.headers.get("authorization"))
+    if token is None or not secret_matches(token, stored):
+        return Response(
+            "unauthorized\n",
+            401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="stepup-metrics"'},
+        )
+    # Without Redis the other metrics still answer; the gauge keeps its last value.
+    with contextlib.suppress(*STORAGE_ERRORS):
+        metrics.active.set(await services.elevations.active(services.now()))
+    audit = services.audit
+    metrics.audit_pending.set(audit.pending)
+    metrics.audit_dropped.set(audit.dropped)
+    return Response(
+        metrics.render(), headers={"Cache-Control": "no-store"}, media_type=CONTENT_TYPE
+    )
