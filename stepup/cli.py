@@ -129,12 +129,7 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
             print(f"embedded Redis with persistence in {deployment.data_dir}", file=sys.stderr)
         redis_url = embedded.url if embedded else deployment.redis_url
         bind_host, bind_port = host or deployment.host, port or deployment.port
-        options: dict[str, Any] = {
-            "access_log": access_log,
-            "proxy_headers": False,
-            "server_header": False,
-            "timeout_graceful_shutdown": 10,
-        }
+        options: dict[str, Any] = {**serving.UVICORN_OPTIONS, "access_log": access_log}
         print(f"stepup serving {loaded.issuer} on {bind_host}:{bind_port}", file=sys.stderr)
         if workers > 1:
             # Each worker builds its own app (and Redis pool) from the environment.

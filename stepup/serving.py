@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+
+# The settings every stepup server runs with (one worker or several), and the benchmark's
+# hello-world ceiling too, so the two are comparable. uvloop and httptools (both in
+# uvicorn[standard]) are named rather than left to "auto", which silently falls back to the
+# pure-Python asyncio loop and h11 parser when they are missing.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    "timeout_graceful_shutdown": 10,
+    "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+    "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+}
 
 
 class _Server(uvicorn.Server):
