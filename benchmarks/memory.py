@@ -105,7 +105,7 @@ async def elevations(url: str, count: int, progress: Progress) -> dict[str, Any]
             "used_memory_delta_per_token_bytes": round((after - before) / count, 1),
             "real_sample": len(real),
             "real_memory_usage_mean_bytes": round(statistics.mean(real_sizes), 1),
-            "record_json_bytes": len(models.dump(template)),
+            "record_json_bytes": len(next(raw for raw in raws if raw is not None)),
         }
     finally:
         await client.aclose()
