@@ -25,7 +25,7 @@ BATCH = 2_000
 def _client(url: str) -> aioredis.Redis:
     # A bounded pool: a batch of writes waits for a connection instead of opening thousands.
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=32)
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
 
 
 async def _keys(client: aioredis.Redis, pattern: str, limit: int) -> list[bytes]:
