@@ -345,11 +345,24 @@ def summarize(bench: Bench) -> dict[str, Any]:
                 "redis_cpu": _median(results, "redis_cpu"),
                 "errors": sum(r.errors for r in results),
                 "rss_mb_max": max((max(r.rss_mb) for r in results if r.rss_mb), default=None),
+                # Requests per second of server CPU: on a shared machine a neighbour's load
+                # takes CPU away from one run and not another; this figure moves far less.
+                "rps_per_cpu": float(
+                    statistics.median(
+                        r.rps / (r.server_cpu / 100) for r in results if r.server_cpu > 0
+                    )
+                )
+                if any(r.server_cpu > 0 for r in results)
+                else None,
             }
 
     def rps(name: str, workers: int) -> float | None:
         row = table.get(f"{name}@{workers}")
         return row["rps"] if row else None
+
+    def per_cpu(name: str, workers: int) -> float | None:
+        row = table.get(f"{name}@{workers}")
+        return row["rps_per_cpu"] if row else None
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 2) if a and b else None
@@ -370,6 +383,12 @@ def summarize(bench: Bench) -> dict[str, Any]:
                     else None,
                     "ceiling_rps": rps("ceiling", workers),
                     "stepup_vs_ceiling": ratio(rps(name, workers), rps("ceiling", workers)),
+                    "per_cpu_vs_peer": ratio(per_cpu(name, workers), per_cpu(peers[name], workers))
+                    if name in peers
+                    else None,
+                    "per_cpu_vs_ceiling": ratio(
+                        per_cpu(name, workers), per_cpu("ceiling", workers)
+                    ),
                 }
             )
     scaling = {
@@ -460,25 +479,27 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         f"{summary['machine']['ram_gib']} GiB; wrk -t{load.THREADS} -c{load.CONNECTIONS}, "
         f"{settings['seconds']} s after {settings['warmup']} s warm-up, median of {settings['runs']}",
         "",
-        "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | RSS MB/worker | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | req per CPU-s | RSS MB/worker | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["table"].values():
         lines.append(
             f"| {row['target']} | {row['workers']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'])} | "
             f"{_fmt(row['p99_ms'])} | {_fmt(row['p999_ms'])} | {_fmt(row['server_cpu'], 0)} | "
-            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
+            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
+            f"{_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
         )
     lines += [
         "",
-        "| stepup endpoint | workers | stepup req/s | peer | peer req/s | stepup / peer | ceiling req/s | stepup / ceiling |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stepup endpoint | workers | stepup req/s | peer | peer req/s | stepup / peer | ceiling req/s | stepup / ceiling | per CPU: / peer | per CPU: / ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["ratios"]:
         lines.append(
             f"| {row['target']} | {row['workers']} | {_fmt(row['stepup_rps'], 0)} | {row['peer'] or '—'} | "
             f"{_fmt(row['peer_rps'], 0)} | {_fmt(row['stepup_vs_peer'])} | {_fmt(row['ceiling_rps'], 0)} | "
-            f"{_fmt(row['stepup_vs_ceiling'])} |"
+            f"{_fmt(row['stepup_vs_ceiling'])} | {_fmt(row['per_cpu_vs_peer'])} | "
+            f"{_fmt(row['per_cpu_vs_ceiling'])} |"
         )
     scaling = ", ".join(f"{k} {v:.2f}" for k, v in summary["scaling_2_over_1"].items() if v)
     lines += ["", f"2 workers / 1 worker: {scaling}", ""]
@@ -505,6 +526,18 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rerender(saved: dict[str, Any]) -> str:
+    """The report of a saved run, recomputed from its raw runs (e.g. after a new column)."""
+    bench = Bench(argparse.Namespace(seconds=0, warmup=0), Path("."))
+    for row in saved["table"].values():
+        bench.results[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
+    bench.memory = saved.get("memory", {})
+    bench.notes = saved.get("notes", [])
+    summary = summarize(bench)
+    summary["machine"] = saved["machine"]
+    return render(summary, saved["settings"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short and small")
@@ -519,7 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="stepup targets to run, e.g. introspection,jwks")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--render", type=Path, help="print the report of a saved JSON again")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(rerender(json.loads(args.render.read_text())))
+        return 0
     if args.quick:
         args.seconds, args.warmup, args.runs = 2.0, 1.0, 1
         args.tokens, args.pool_max = min(args.tokens, 2_000), min(args.pool_max, 20_000)
