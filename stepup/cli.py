@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     hashing.add_argument("--generate", action="store_true", help="make a new random secret too")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _configure_logging()
     if args.command == "check":
         return _check(args.file)
     if args.command == "hash-secret":
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.data_dir)
     return _serve(args.config, args.host, args.port, args.workers, args.access_log)
+
+
+def _configure_logging() -> None:
+    """Audit events (INFO) and errors to stderr, one message per line."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def _check(path: Path) -> int:
@@ -215,6 +220,9 @@ def app_factory() -> object:
     """For `--workers N`: each worker process builds its app from the environment."""
     from stepup.app import create_app
 
+    # A worker is a fresh interpreter (spawn): without this its audit events (INFO) went
+    # nowhere, since only the parent had configured logging.
+    _configure_logging()
     loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
     return create_app(loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"])
 

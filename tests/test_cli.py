@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from stepup.config import hash_secret
-from tests.support.stepup import Upstream, policy_document, toml_document
+from tests.support.stepup import RS_ID, RS_SECRET, Upstream, policy_document, toml_document
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,9 +101,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(policy: Path, log: Path, timeout: float = 30) -> Iterator[Served]:
+def serving(policy: Path, log: Path, *extra: str, timeout: float = 30) -> Iterator[Served]:
     port = free_port()
-    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy)]
+    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy), *extra]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [*command, "--port", str(port)],
@@ -291,3 +291,19 @@ def test_serve_embedded_default_starts_answers_and_stops_cleanly(
         assert stop(served) == 0, served.output()
     assert second_kids == first_kids
     assert not redis_answers(socket_path)
+
+
+def test_serve_with_two_workers_writes_the_audit_trail(
+    good_document: dict[str, Any], tmp_path: Path, short_dir: Path
+) -> None:
+    # Workers are fresh interpreters: each must configure logging itself, or audit events vanish.
+    good_document["server"] = {"data_dir": str(short_dir)}
+    policy = write_policy(tmp_path / "stepup.toml", good_document)
+    with serving(policy, tmp_path / "workers.log", "--workers", "2") as served:
+        for _ in range(4):
+            answer = httpx.post(
+                served.url + "/introspect", data={"token": "a.b.c"}, auth=(RS_ID, RS_SECRET)
+            )
+            assert answer.json() == {"active": False}
+        assert stop(served) == 0, served.output()
+    assert served.output().count('"event":"token.introspected"') == 4
