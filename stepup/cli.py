@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     hashing.add_argument("--generate", action="store_true", help="make a new random secret too")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _configure_logging()
     if args.command == "check":
         return _check(args.file)
     if args.command == "hash-secret":
@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.data_dir)
     return _serve(args.config, args.host, args.port, args.workers, args.access_log)
+
+
+def _configure_logging() -> None:
+    """Audit events (INFO) and errors to stderr, one message per line (serve: JSON lines)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def _check(path: Path) -> int:
@@ -156,11 +161,9 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
 
         logs.configure()
         options: dict[str, Any] = {
-            "log_config": logs.uvicorn_config(),
+            **serving.UVICORN_OPTIONS,
             "access_log": access_log,
-            "proxy_headers": False,
-            "server_header": False,
-            "timeout_graceful_shutdown": 10,
+            "log_config": logs.uvicorn_config(),
         }
         print(f"stepup serving {loaded.issuer} on {bind_host}:{bind_port}", file=sys.stderr)
         if workers > 1:
@@ -376,7 +379,9 @@ def app_factory() -> object:
     from stepup import logs
     from stepup.app import create_app
 
-    logs.configure()  # a spawned worker does not inherit the parent's handlers
+    # A worker is a fresh interpreter (spawn): without this its audit events (INFO) went
+    # nowhere, since only the parent had configured logging.
+    logs.configure()
     loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
     return create_app(loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from joserfc.jwk import ECKey, KeySet, OKPKey
 
 # RFC 9864 names Ed25519 fully ("EdDSA" is deprecated for new uses).
 SIGNING_ALGORITHMS = {"EC": "ES256", "OKP": "Ed25519"}
+# How many verified tokens each process remembers (about 1 KiB each).
+VERIFIED_CACHE_SIZE = 4096
 
 
 class SigningKeyError(Exception):
@@ -38,6 +41,12 @@ class SigningKeys:
         self._public = {"keys": [self._public_jwk(key) for key in keys]}
         # Only the algorithms of the keys stepup holds: any other `alg` is refused up front.
         self._algorithms = sorted({SIGNING_ALGORITHMS[key.key_type] for key in keys})
+        # Token string -> its claims, for tokens whose signature already verified. The keys of
+        # one SigningKeys never change, so the answer for the same bytes cannot change either;
+        # a resource server introspecting the same token on every call (the common case) then
+        # costs a dict lookup instead of an ECDSA verification. Whether the token is still
+        # active (revocation, exp) is never cached: the caller asks Redis and the clock.
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     @staticmethod
     def _public_jwk(key: ECKey | OKPKey) -> dict[str, Any]:
@@ -86,6 +95,19 @@ class SigningKeys:
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a token stepup signed, or None; expiry is the caller's to check."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            self._verified.move_to_end(token)
+            return dict(cached)
+        claims = self._verify(token)
+        if claims is not None:
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)  # least recently used
+            return dict(claims)
+        return None
+
+    def _verify(self, token: str) -> dict[str, Any] | None:
         try:
             decoded = jwt.decode(
                 token, self._verify_set, algorithms=list(SIGNING_ALGORITHMS.values())

@@ -19,7 +19,7 @@ from stepup.config import hash_secret
 from stepup.sealing import Sealer
 from stepup.signing import write_new_key_file
 from tests.support.cli import free_port, serving, stepup_cli, stop
-from tests.support.stepup import Upstream, policy_document, toml_document
+from tests.support.stepup import RS_ID, RS_SECRET, Upstream, policy_document, toml_document
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -269,3 +269,19 @@ def test_check_refuses_two_clients_admitting_one_upstream_identity(
     assert done.returncode == 1
     assert "admits upstream client_id 'bank' as client 'bank' does" in done.stderr
     assert "admits upstream client_id 'payments-rs', a resource server's id" in done.stderr
+
+
+def test_serve_with_two_workers_writes_the_audit_trail(
+    good_document: dict[str, Any], tmp_path: Path, short_dir: Path
+) -> None:
+    # Workers are fresh interpreters: each must configure logging itself, or audit events vanish.
+    good_document["server"] = {"data_dir": str(short_dir)}
+    policy = write_policy(tmp_path / "stepup.toml", good_document)
+    with serving(policy, tmp_path / "workers.log", "--workers", "2") as served:
+        for _ in range(4):
+            answer = httpx.post(
+                served.url + "/introspect", data={"token": "a.b.c"}, auth=(RS_ID, RS_SECRET)
+            )
+            assert answer.json() == {"active": False}
+        assert stop(served) == 0, served.output()
+    assert served.output().count('"event":"token.introspected"') == 4

@@ -11,13 +11,13 @@ from starlette.responses import Response
 
 from stepup.protocol import admin
 from stepup.services import Services
-from stepup.web.api import NO_STORE, JSONResponse, endpoint
+from stepup.web.api import NO_STORE, Endpoint, JSONResponse, endpoint
 from stepup.web.forms import read_form
 
 Action = Callable[[Services, Mapping[str, str]], Awaitable[dict[str, Any]]]
 
 
-def _reading(action: Action, *, body: bool) -> Callable[[Request], Awaitable[Response]]:
+def _reading(action: Action, *, body: bool) -> Endpoint:
     @endpoint
     async def handle(request: Request, services: Services) -> Response:
         admin.authenticate(services, request.headers.get("authorization"))

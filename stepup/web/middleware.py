@@ -16,20 +16,26 @@ _DEFAULT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestor
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self.app = app
-        self.extra = [*_BASE, _HSTS] if https else list(_BASE)
+        # Each only where the response has not set its own (pages send their own CSP).
+        self.extra = [*_BASE, _HSTS, _DEFAULT_CSP] if https else [*_BASE, _DEFAULT_CSP]
+        self._names = frozenset(name for name, _ in self.extra)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        extra = self.extra
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
+                headers = list(message.get("headers", ()))
+                # Starlette's responses already send lower-case names; lower() is for others.
                 names = {name.lower() for name, _ in headers}
-                headers.extend(h for h in self.extra if h[0] not in names)
-                if _DEFAULT_CSP[0] not in names:
-                    headers.append(_DEFAULT_CSP)
+                if names.isdisjoint(self._names):
+                    headers += extra  # the usual case: no response sets any of these itself
+                else:
+                    headers.extend(h for h in extra if h[0] not in names)
                 message["headers"] = headers
             await send(message)
 

@@ -56,9 +56,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(policy: Path, log: Path, timeout: float = 30) -> Iterator[Served]:
+def serving(policy: Path, log: Path, *extra: str, timeout: float = 30) -> Iterator[Served]:
     port = free_port()
-    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy)]
+    command = [sys.executable, "-m", "stepup.cli", "serve", "--config", str(policy), *extra]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [*command, "--port", str(port)],

@@ -15,6 +15,7 @@ APT_PACKAGES = {
     "chromium": "chromium",
     "oathtool": "oathtool",
     "zbarimg": "zbar-tools",
+    "wrk": "wrk",
     "node": "nodejs",
 }
 

@@ -1,0 +1,594 @@
+"""The benchmark run: for 1 and then 2 workers, the ceiling, stepup and the peer side by side,
+each endpoint measured `--runs` times in turn; then Redis memory; then one table of ratios."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import flow, load, memory, processes
+from benchmarks.load import Result
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _started:6.1f}s] {message}", flush=True)
+
+
+# What is measured: (server, name, path, how). Peer names are prefixed "peer".
+STEPUP_TARGETS = ["introspection", "exchange", "intake", "jwks", "metadata"]
+PEER_TARGETS = ["peer_introspection", "peer_jwt"]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.results: dict[int, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
+        self.pool_seconds = 2.5 * (args.seconds + args.warmup)
+        self.memory: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        work = self.workdir
+        progress(f"work directory {work}")
+        self.stepup_redis = processes.private_redis(work / "redis-stepup")
+        self.peer_redis = processes.private_redis(work / "redis-peer")
+        self.upstream = flow.Upstream(work)
+        self.keys = flow.write_keys(work)
+        self.stepup_port = processes.free_port()
+        self.ceiling_port = processes.free_port()
+        self.peer_port = processes.free_port()
+        self.policy = work / "policy.toml"
+        flow.write_policy(
+            flow.policy_document(self.upstream, work / "data", self.stepup_port), self.policy
+        )
+        self.subject_token = self.upstream.token()
+        self.verifiers = flow.write_challenges(work / "challenges.tsv", self.args.pool_max)
+        pool_body = flow.par_body(self.subject_token, flow.POOL_CHALLENGE)
+        pool_body["code_challenge_method"] = "S256"
+        flow.write_form(work / "pool-par.form", pool_body)
+        intake = flow.par_body(
+            self.subject_token,
+            flow.CHALLENGE,
+            state="bench-state",
+            code_challenge=flow.pkce()[1],
+            code_challenge_method="S256",
+        )
+        flow.write_form(work / "intake.form", intake)
+        flow.write_form(work / "exchange.form", flow.exchange_body(self.subject_token))
+
+    # -- one configuration ---------------------------------------------------------------
+
+    def configuration(self, workers: int) -> None:
+        work = self.workdir
+        progress(f"starting ceiling, stepup and peer with {workers} process(es) each")
+        servers: list[processes.Server] = []
+        try:
+            ceiling = processes.start_ceiling(work, self.ceiling_port, workers)
+            servers.append(ceiling)
+            stepup = processes.start_stepup(
+                work,
+                self.policy,
+                self.stepup_redis.url,
+                self.stepup_port,
+                workers,
+                self.keys,
+            )
+            servers.append(stepup)
+            peer = None
+            if not self.args.no_peer:
+                peer = processes.start_peer(
+                    work, self.peer_redis.socket_path, self.peer_port, workers
+                )
+                servers.append(peer)
+            progress("  servers ready; one real step-up proof, then an elevated token")
+            code = flow.first_proof(stepup.url, self.upstream)
+            elevated = flow.exchange(stepup.url, self.subject_token, code)
+            flow.write_form(work / "introspect.form", {"token": elevated})
+            if peer is not None:
+                opaque = _peer_token(peer.url, "https://opaque.bench.example")
+                flow.write_form(work / "peer-introspect.form", {"token": opaque})
+            for run in range(self.args.runs):
+                progress(f"run {run + 1}/{self.args.runs} with {workers} process(es)")
+                self.record(workers, "ceiling", ceiling, "/", {"BENCH_METHOD": "GET"})
+                self.stepup_round(workers, stepup)
+                if peer is not None:
+                    self.peer_round(workers, peer)
+        finally:
+            for server in servers:
+                server.stop()
+
+    def record(
+        self,
+        workers: int,
+        name: str,
+        server: processes.Server,
+        path: str,
+        env: dict[str, str],
+        *,
+        script: str = "fixed.lua",
+        redis_pid: int | None = None,
+        warmup_env: dict[str, str] | None = None,
+    ) -> Result:
+        args = self.args
+        if warmup_env is not None:
+            load.wrk(server.url + path, script, args.warmup, warmup_env)
+        result = load.measure(
+            server,
+            redis_pid,
+            path,
+            script,
+            env,
+            seconds=args.seconds,
+            warmup=0 if warmup_env is not None else args.warmup,
+        )
+        self.results[workers][name].append(result)
+        note = f", {result.errors} errors" if result.errors else ""
+        progress(
+            f"  {name:<20} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  p99.9 {result.p999_ms:7.2f} ms  "
+            f"cpu {result.server_cpu:5.1f}% redis {result.redis_cpu:4.1f}%{note}"
+        )
+        return result
+
+    def stepup_round(self, workers: int, stepup: processes.Server) -> None:
+        work = self.workdir
+        redis_pid = self.stepup_redis.pid
+        client = flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET)
+        rs = flow.basic(flow.RS_ID, flow.RS_SECRET)
+        post = {"BENCH_METHOD": "POST"}
+        only = set(self.args.only.split(",")) if self.args.only else set(STEPUP_TARGETS)
+        if "introspection" in only:
+            self.record(
+                workers,
+                "introspection",
+                stepup,
+                "/introspect",
+                {
+                    **post,
+                    "BENCH_BODY_FILE": str(work / "introspect.form"),
+                    "BENCH_AUTHORIZATION": rs,
+                },
+                redis_pid=redis_pid,
+            )
+        if "exchange" in only:
+            self.exchange(workers, stepup, client)
+        if "intake" in only:
+            self.record(
+                workers,
+                "intake",
+                stepup,
+                "/par",
+                {
+                    **post,
+                    "BENCH_BODY_FILE": str(work / "intake.form"),
+                    "BENCH_AUTHORIZATION": client,
+                },
+                redis_pid=redis_pid,
+            )
+            self.memory.setdefault(
+                "pending_request", asyncio.run(memory.pending_requests(self.stepup_redis.url))
+            )
+        if "jwks" in only:
+            self.record(
+                workers, "jwks", stepup, "/jwks", {"BENCH_METHOD": "GET"}, redis_pid=redis_pid
+            )
+        if "metadata" in only:
+            self.record(
+                workers,
+                "metadata",
+                stepup,
+                "/.well-known/oauth-authorization-server",
+                {"BENCH_METHOD": "GET"},
+                redis_pid=redis_pid,
+            )
+
+    def make_pool(self, stepup: processes.Server, seconds: float) -> tuple[Path, int]:
+        work = self.workdir
+        progress(f"  producing codes through /par + /authorize for {seconds:.0f} s")
+        out = work / "pool-out"
+        data = load.wrk(
+            stepup.url,
+            "pool.lua",
+            seconds,
+            {
+                "BENCH_CHALLENGES": str(work / "challenges.tsv"),
+                "BENCH_OUT": str(out),
+                "BENCH_BODY_FILE": str(work / "pool-par.form"),
+                "BENCH_AUTHORIZE_PATH": f"/authorize?client_id={flow.CLIENT_ID}&request_uri=",
+                "BENCH_AUTHORIZATION": flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET),
+            },
+        )
+        pool = work / "pool.tsv"
+        count = flow.collect_pool(out, self.verifiers, pool)
+        progress(f"  {count:,} codes ({count / seconds:,.0f}/s, {data['errors_status']} refused)")
+        return pool, count
+
+    def exchange(self, workers: int, stepup: processes.Server, client: str) -> None:
+        args = self.args
+        for _attempt in range(2):
+            pool, count = self.make_pool(stepup, self.pool_seconds)
+            # The warm-up redeems the first part of the pool, the measured run the rest:
+            # no code is ever sent twice.
+            lines = pool.read_text().splitlines(keepends=True)
+            split = int(len(lines) * args.warmup / (args.warmup + args.seconds))
+            (self.workdir / "pool-warm.tsv").write_text("".join(lines[:split]))
+            (self.workdir / "pool-run.tsv").write_text("".join(lines[split:]))
+            common = {
+                "BENCH_BODY_FILE": str(self.workdir / "exchange.form"),
+                "BENCH_AUTHORIZATION": client,
+            }
+            result = self.record(
+                workers,
+                "exchange",
+                stepup,
+                "/token",
+                {**common, "BENCH_POOL_FILE": str(self.workdir / "pool-run.tsv")},
+                script="exchange.lua",
+                redis_pid=self.stepup_redis.pid,
+                warmup_env={**common, "BENCH_POOL_FILE": str(self.workdir / "pool-warm.tsv")},
+            )
+            rate = count / self.pool_seconds
+            needed = result.rps * (args.seconds + args.warmup) * 1.4
+            self.pool_seconds = min(args.pool_limit, max(3.0, needed / max(rate, 1.0)))
+            if count >= args.pool_max * 0.98:
+                self.notes.append("the code pool hit --pool-max; raise it for longer runs")
+            if not result.extra.get("exhausted"):
+                return
+            progress(f"  pool ran out ({result.extra['exhausted']} requests): again, larger")
+            self.results[workers]["exchange"].pop()
+            self.pool_seconds = min(args.pool_limit, self.pool_seconds * 2)
+        self.notes.append(f"exchange with {workers} worker(s): the code pool ran out")
+
+    def peer_round(self, workers: int, peer: processes.Server) -> None:
+        work = self.workdir
+        pid = self.peer_redis.pid
+        rs = flow.basic("bench-rs", "bench-rs-secret-0123456789abcdefgh")
+        client = flow.basic("bench-client", "bench-client-secret-0123456789abcdef")
+        flow.write_form(
+            work / "peer-jwt.form",
+            {
+                "grant_type": "client_credentials",
+                "resource": "https://api.bench.example",
+                "scope": "payments:write",
+            },
+        )
+        self.record(
+            workers,
+            "peer_introspection",
+            peer,
+            "/token/introspection",
+            {
+                "BENCH_METHOD": "POST",
+                "BENCH_BODY_FILE": str(work / "peer-introspect.form"),
+                "BENCH_AUTHORIZATION": rs,
+            },
+            redis_pid=pid,
+        )
+        self.record(
+            workers,
+            "peer_jwt",
+            peer,
+            "/token",
+            {
+                "BENCH_METHOD": "POST",
+                "BENCH_BODY_FILE": str(work / "peer-jwt.form"),
+                "BENCH_AUTHORIZATION": client,
+            },
+            redis_pid=pid,
+        )
+
+    def measure_memory(self) -> None:
+        if not self.args.tokens:
+            return
+        progress(f"Redis memory: {self.args.tokens:,} elevated tokens through the store")
+        self.memory["elevated_token"] = asyncio.run(
+            memory.elevations(self.stepup_redis.url, self.args.tokens, progress)
+        )
+
+    def close(self) -> None:
+        self.stepup_redis.stop()
+        self.peer_redis.stop()
+
+
+def _peer_token(url: str, resource: str) -> str:
+    answer = httpx.post(
+        url + "/token",
+        data={"grant_type": "client_credentials", "resource": resource, "scope": "payments:write"},
+        auth=("bench-client", "bench-client-secret-0123456789abcdef"),
+        timeout=10.0,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def _median(results: list[Result], field: str) -> float:
+    return float(statistics.median(getattr(r, field) for r in results))
+
+
+def summarize(bench: Bench) -> dict[str, Any]:
+    table: dict[str, dict[str, Any]] = {}
+    for workers, targets in sorted(bench.results.items()):
+        for name, results in targets.items():
+            if not results:
+                continue
+            table[f"{name}@{workers}"] = {
+                "workers": workers,
+                "target": name,
+                "runs": [r.as_dict() for r in results],
+                "rps": _median(results, "rps"),
+                "p50_ms": _median(results, "p50_ms"),
+                "p99_ms": _median(results, "p99_ms"),
+                "p999_ms": _median(results, "p999_ms"),
+                "server_cpu": _median(results, "server_cpu"),
+                "redis_cpu": _median(results, "redis_cpu"),
+                "errors": sum(r.errors for r in results),
+                "rss_mb_max": max((max(r.rss_mb) for r in results if r.rss_mb), default=None),
+                # Requests per second of server CPU: on a shared machine a neighbour's load
+                # takes CPU away from one run and not another; this figure moves far less.
+                "rps_per_cpu": float(
+                    statistics.median(
+                        r.rps / (r.server_cpu / 100) for r in results if r.server_cpu > 0
+                    )
+                )
+                if any(r.server_cpu > 0 for r in results)
+                else None,
+            }
+
+    def rps(name: str, workers: int) -> float | None:
+        row = table.get(f"{name}@{workers}")
+        return row["rps"] if row else None
+
+    def per_cpu(name: str, workers: int) -> float | None:
+        row = table.get(f"{name}@{workers}")
+        return row["rps_per_cpu"] if row else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    peers = {"introspection": "peer_introspection", "exchange": "peer_jwt", "intake": "peer_jwt"}
+    ratios = []
+    for workers in sorted(bench.results):
+        for name in STEPUP_TARGETS:
+            ratios.append(
+                {
+                    "target": name,
+                    "workers": workers,
+                    "stepup_rps": rps(name, workers),
+                    "peer": peers.get(name),
+                    "peer_rps": rps(peers[name], workers) if name in peers else None,
+                    "stepup_vs_peer": ratio(rps(name, workers), rps(peers[name], workers))
+                    if name in peers
+                    else None,
+                    "ceiling_rps": rps("ceiling", workers),
+                    "stepup_vs_ceiling": ratio(rps(name, workers), rps("ceiling", workers)),
+                    "per_cpu_vs_peer": ratio(per_cpu(name, workers), per_cpu(peers[name], workers))
+                    if name in peers
+                    else None,
+                    "per_cpu_vs_ceiling": ratio(
+                        per_cpu(name, workers), per_cpu("ceiling", workers)
+                    ),
+                }
+            )
+    scaling = {
+        name: ratio(rps(name, 2), rps(name, 1))
+        for name in [*STEPUP_TARGETS, "ceiling", *PEER_TARGETS]
+        if rps(name, 2) and rps(name, 1)
+    }
+    return {
+        "table": table,
+        "ratios": ratios,
+        "scaling_2_over_1": scaling,
+        "targets": _targets(table, ratios, scaling, bench.memory),
+        "memory": bench.memory,
+        "notes": bench.notes,
+    }
+
+
+def _targets(
+    table: dict[str, dict[str, Any]],
+    ratios: list[dict[str, Any]],
+    scaling: dict[str, float | None],
+    mem: dict[str, Any],
+) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(what: str, value: float | None, goal: float, higher: bool = True) -> None:
+        met = None if value is None else (value >= goal if higher else value <= goal)
+        checks.append({"target": what, "value": value, "goal": goal, "met": met})
+
+    for row in ratios:
+        w, name = row["workers"], row["target"]
+        if name == "introspection":
+            check(f"introspection / peer introspection ({w}w) >= 2.0", row["stepup_vs_peer"], 2.0)
+            check(f"introspection / ceiling ({w}w) >= 0.40", row["stepup_vs_ceiling"], 0.40)
+        elif name == "exchange":
+            check(f"exchange / peer JWT issuance ({w}w) >= 1.2", row["stepup_vs_peer"], 1.2)
+        elif name == "intake":
+            check(f"intake / peer JWT issuance ({w}w) >= 1.0", row["stepup_vs_peer"], 1.0)
+    for row in table.values():
+        if row["target"] == "introspection":
+            check(f"introspection p99 ms ({row['workers']}w) <= 20", row["p99_ms"], 20, False)
+        if row["target"] == "exchange":
+            check(f"exchange p99 ms ({row['workers']}w) <= 40", row["p99_ms"], 40, False)
+    for name in STEPUP_TARGETS:
+        check(f"{name}: 2 workers / 1 worker >= 1.6", scaling.get(name), 1.6)
+    tokens = mem.get("elevated_token", {})
+    check(
+        "Redis bytes per active elevated token <= 512",
+        tokens.get("memory_usage_mean_bytes"),
+        512,
+        False,
+    )
+    return checks
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {summary['machine']['nproc']} cpu ({summary['machine']['cpu']}), "
+        f"{summary['machine']['ram_gib']} GiB; wrk -t{load.THREADS} -c{load.CONNECTIONS}, "
+        f"{settings['seconds']} s after {settings['warmup']} s warm-up, median of {settings['runs']}",
+        "",
+        "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | req per CPU-s | RSS MB/worker | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["table"].values():
+        lines.append(
+            f"| {row['target']} | {row['workers']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'])} | "
+            f"{_fmt(row['p99_ms'])} | {_fmt(row['p999_ms'])} | {_fmt(row['server_cpu'], 0)} | "
+            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
+            f"{_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
+        )
+    lines += [
+        "",
+        "| stepup endpoint | workers | stepup req/s | peer | peer req/s | stepup / peer | ceiling req/s | stepup / ceiling | per CPU: / peer | per CPU: / ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["ratios"]:
+        lines.append(
+            f"| {row['target']} | {row['workers']} | {_fmt(row['stepup_rps'], 0)} | {row['peer'] or '—'} | "
+            f"{_fmt(row['peer_rps'], 0)} | {_fmt(row['stepup_vs_peer'])} | {_fmt(row['ceiling_rps'], 0)} | "
+            f"{_fmt(row['stepup_vs_ceiling'])} | {_fmt(row['per_cpu_vs_peer'])} | "
+            f"{_fmt(row['per_cpu_vs_ceiling'])} |"
+        )
+    scaling = ", ".join(f"{k} {v:.2f}" for k, v in summary["scaling_2_over_1"].items() if v)
+    lines += ["", f"2 workers / 1 worker: {scaling}", ""]
+    mem = summary["memory"]
+    if "elevated_token" in mem:
+        tok = mem["elevated_token"]
+        lines.append(
+            f"Redis per active elevated token: {tok['memory_usage_mean_bytes']} B (MEMORY USAGE, "
+            f"mean of {tok['count']:,}); {tok['used_memory_delta_per_token_bytes']} B of used_memory "
+            f"per token; record JSON {tok['record_json_bytes']} B"
+        )
+    if mem.get("pending_request", {}).get("memory_usage_mean_bytes"):
+        pend = mem["pending_request"]
+        lines.append(
+            f"Redis per pending request: {pend['memory_usage_mean_bytes']} B (MEMORY USAGE, mean "
+            f"of {pend['sample']:,}); record JSON {pend['record_json_bytes']} B"
+        )
+    lines += ["", "targets:"]
+    for item in summary["targets"]:
+        mark = {True: "met   ", False: "MISSED", None: "n/a   "}[item["met"]]
+        lines.append(f"  {mark} {item['target']}: {_fmt(item['value'])}")
+    for note in summary["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def rerender(saved: dict[str, Any]) -> str:
+    """The report of a saved run, recomputed from its raw runs (e.g. after a new column)."""
+    bench = Bench(argparse.Namespace(seconds=0, warmup=0), Path("."))
+    for row in saved["table"].values():
+        bench.results[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
+    bench.memory = saved.get("memory", {})
+    bench.notes = saved.get("notes", [])
+    summary = summarize(bench)
+    summary["machine"] = saved["machine"]
+    return render(summary, saved["settings"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short and small")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured wrk run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each run")
+    parser.add_argument("--runs", type=int, default=2, help="runs per endpoint (median)")
+    parser.add_argument("--workers", default="1,2", help="process counts, e.g. 1,2")
+    parser.add_argument("--tokens", type=int, default=100_000, help="elevated tokens for memory")
+    parser.add_argument("--pool-max", type=int, default=80_000, help="codes per pool at most")
+    parser.add_argument("--pool-limit", type=float, default=60.0, help="seconds to make a pool")
+    parser.add_argument("--no-peer", action="store_true", help="skip oidc-provider")
+    parser.add_argument("--only", help="stepup targets to run, e.g. introspection,jwks")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--render", type=Path, help="print the report of a saved JSON again")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        print(rerender(json.loads(args.render.read_text())))
+        return 0
+    if args.quick:
+        args.seconds, args.warmup, args.runs = 2.0, 1.0, 1
+        args.tokens, args.pool_max = min(args.tokens, 2_000), min(args.pool_max, 20_000)
+    load.wrk_binary()
+    if not args.no_peer:
+        processes.node()
+        progress("checking the npm peers in tests/peers/node_modules")
+        processes.ensure_peer_install()
+    workdir = Path(tempfile.mkdtemp(prefix="stepup-bench-"))
+    bench = Bench(args, workdir)
+    try:
+        bench.prepare()
+        for workers in (int(w) for w in args.workers.split(",")):
+            bench.configuration(workers)
+        bench.measure_memory()
+    finally:
+        bench.close()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    summary = summarize(bench)
+    summary["machine"] = machine()
+    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    settings["out"] = str(args.out)
+    summary["settings"] = settings
+    text = render(summary, settings)
+    print()
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    progress(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

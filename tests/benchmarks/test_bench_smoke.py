@@ -1,0 +1,163 @@
+"""The benchmark's pieces in a tiny mode: they must really do what the numbers claim (codes made
+through the real flow, each redeemed once; the peer storing in Redis; memory read from records
+the store wrote). Behaviour only: nothing here looks at a timing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from benchmarks import flow, load, memory, processes
+from stepup.storage.embedded import EmbeddedRedis
+from tests.support.tools import missing_tool, require_tool
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short: the Redis socket path must fit a Unix socket address.
+    path = Path(tempfile.mkdtemp(prefix="bench-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def bench_redis(workdir: Path, redis_executable: str) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(workdir / "r", persistent=False, executable=redis_executable) as server:
+        yield server
+
+
+@pytest.fixture
+def stepup(
+    workdir: Path, bench_redis: EmbeddedRedis
+) -> Iterator[tuple[processes.Server, flow.Upstream]]:
+    upstream = flow.Upstream(workdir)
+    port = processes.free_port()
+    policy = workdir / "policy.toml"
+    flow.write_policy(flow.policy_document(upstream, workdir / "data", port), policy)
+    server = processes.start_stepup(
+        workdir, policy, bench_redis.url, port, 1, flow.write_keys(workdir)
+    )
+    try:
+        yield server, upstream
+    finally:
+        server.stop()
+
+
+def test_code_pool_comes_from_the_real_flow_and_each_code_redeems_once(
+    workdir: Path, stepup: tuple[processes.Server, flow.Upstream]
+) -> None:
+    require_tool("wrk")
+    server, upstream = stepup
+    subject_token = upstream.token()
+    first = flow.first_proof(server.url, upstream)  # enrols TOTP on the page and proves it
+    elevated = flow.exchange(server.url, subject_token, first)
+    assert elevated.count(".") == 2
+
+    verifiers = flow.write_challenges(workdir / "challenges.tsv", 40)
+    body = flow.par_body(subject_token, flow.POOL_CHALLENGE, code_challenge_method="S256")
+    flow.write_form(workdir / "pool-par.form", body)
+    data = load.wrk(
+        server.url,
+        "pool.lua",
+        1,
+        {
+            "BENCH_CHALLENGES": str(workdir / "challenges.tsv"),
+            "BENCH_OUT": str(workdir / "out"),
+            "BENCH_BODY_FILE": str(workdir / "pool-par.form"),
+            "BENCH_AUTHORIZE_PATH": f"/authorize?client_id={flow.CLIENT_ID}&request_uri=",
+            "BENCH_AUTHORIZATION": flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET),
+        },
+        connections=4,
+    )
+    pool = workdir / "pool.tsv"
+    count = flow.collect_pool(workdir / "out", verifiers, pool)
+    # Every challenge became a code, except a few in flight when wrk stopped (one per connection).
+    assert count == data["codes"] and 36 <= count <= 40
+    entries = [line.split("\t") for line in pool.read_text().splitlines()]
+    assert len({code for code, _ in entries}) == count
+
+    # Each code redeems once, with its own verifier, and never again.
+    for code, verifier in entries[:3]:
+        assert flow.exchange(server.url, subject_token, flow.Code(code, verifier))
+        again = httpx.post(
+            server.url + "/token",
+            data=flow.exchange_body(subject_token, flow.Code(code, verifier)),
+            headers={"Authorization": flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET)},
+        )
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+    # The exchange script spends the rest once each and reports when the pool runs dry.
+    (workdir / "rest.tsv").write_text("".join(f"{c}\t{v}\n" for c, v in entries[3:]))
+    flow.write_form(workdir / "exchange.form", flow.exchange_body(subject_token))
+    result = load.wrk(
+        server.url + "/token",
+        "exchange.lua",
+        1,
+        {
+            "BENCH_POOL_FILE": str(workdir / "rest.tsv"),
+            "BENCH_BODY_FILE": str(workdir / "exchange.form"),
+            "BENCH_AUTHORIZATION": flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET),
+        },
+        connections=2,
+    )
+    assert result["exhausted"] > 0
+    # The rest redeemed (but for one in flight per connection when wrk stopped) ...
+    assert count - 5 <= result["requests"] - result["errors_status"] <= count - 3
+    # ... and none twice: the only replays Redis saw are the three above, which revoked.
+    with redis.Redis.from_url(server_redis_url(server)) as client:
+        assert len(list(client.scan_iter("stepup:revoked:*"))) == 3
+
+    mem = asyncio.run(memory.elevations(str(server_redis_url(server)), 50, lambda _: None))
+    assert mem["count"] == 50 and 0 < mem["memory_usage_mean_bytes"] < 2048
+
+
+def server_redis_url(server: processes.Server) -> str:
+    return next(
+        line.split("=", 1)[1]
+        for line in Path(f"/proc/{server.process.pid}/environ").read_bytes().decode().split("\0")
+        if line.startswith("STEPUP_REDIS_URL=")
+    )
+
+
+def test_peer_stores_its_tokens_in_redis(workdir: Path, bench_redis: EmbeddedRedis) -> None:
+    require_tool("node")
+    if not (processes.PEERS / "node_modules" / "ioredis").is_dir():
+        missing_tool("tests/peers/node_modules", "run ./dev test (npm ci in tests/peers)")
+    peer = processes.start_peer(workdir, bench_redis.socket_path, processes.free_port(), 1)
+    try:
+        answer = httpx.post(
+            peer.url + "/token",
+            data={
+                "grant_type": "client_credentials",
+                "resource": "https://opaque.bench.example",
+                "scope": "payments:write",
+            },
+            auth=("bench-client", "bench-client-secret-0123456789abcdef"),
+        )
+        token = answer.json()["access_token"]
+        with redis.Redis.from_url(bench_redis.url) as client:
+            assert client.exists(f"oidc:ClientCredentials:{token}")
+            ttl = client.ttl(f"oidc:ClientCredentials:{token}")
+            assert 0 < ttl <= 900
+            introspected = httpx.post(
+                peer.url + "/token/introspection",
+                data={"token": token},
+                auth=("bench-rs", "bench-rs-secret-0123456789abcdefgh"),
+            ).json()
+            assert introspected["active"] is True
+            client.delete(f"oidc:ClientCredentials:{token}")  # gone from Redis: inactive
+        gone = httpx.post(
+            peer.url + "/token/introspection",
+            data={"token": token},
+            auth=("bench-rs", "bench-rs-secret-0123456789abcdefgh"),
+        ).json()
+        assert gone == {"active": False}
+    finally:
+        peer.stop()
