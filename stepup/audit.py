@@ -13,12 +13,10 @@ lines are written whatever happens.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
 import logging
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
@@ -28,6 +26,7 @@ from typing import Any, Protocol, Required, TypedDict, cast
 
 import orjson
 
+from stepup import keyfiles
 from stepup.clock import Clock
 
 _log = logging.getLogger("stepup.audit")
@@ -76,26 +75,13 @@ class AuditKeys:
     @classmethod
     def load(cls, path: Path) -> AuditKeys:
         try:
-            lines = path.read_text(encoding="ascii").split()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AuditKeyError(f"{path}: cannot read the audit key file: {exc}") from exc
-        keys: list[tuple[str, bytes]] = []
-        for line in lines:
-            key_id, _, encoded = line.partition(":")
-            try:
-                keys.append((key_id, base64.b64decode(encoded, validate=True)))
-            except ValueError as exc:
-                raise AuditKeyError(f"{path}: audit key '{key_id}' is not base64") from exc
-        return cls(keys)
+            return cls(keyfiles.read_keys(path, "audit key"))
+        except keyfiles.KeyFileError as exc:
+            raise AuditKeyError(str(exc)) from exc
 
     @classmethod
     def load_or_create(cls, path: Path) -> AuditKeys:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                key = base64.b64encode(os.urandom(32)).decode()
-                handle.write(f"a{os.urandom(4).hex()}:{key}\n")
+        keyfiles.create_once(path, prefix="a")
         return cls.load(path)
 
     def mac(self, key_id: str, prev: str, body: bytes) -> str | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from stepup import keyfiles
 
 
 class SealingError(Exception):
@@ -33,25 +34,13 @@ class Sealer:
     @classmethod
     def load(cls, path: Path) -> Sealer:
         try:
-            lines = path.read_text(encoding="ascii").split()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SealingError(f"{path}: cannot read the factor key file: {exc}") from exc
-        keys: list[tuple[str, bytes]] = []
-        for line in lines:
-            key_id, _, encoded = line.partition(":")
-            try:
-                keys.append((key_id, base64.b64decode(encoded, validate=True)))
-            except ValueError as exc:
-                raise SealingError(f"{path}: key '{key_id}' is not base64") from exc
-        return cls(keys)
+            return cls(keyfiles.read_keys(path, "factor key"))
+        except keyfiles.KeyFileError as exc:
+            raise SealingError(str(exc)) from exc
 
     @classmethod
     def load_or_create(cls, path: Path) -> Sealer:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(new_key_line() + "\n")
+        keyfiles.create_once(path)
         return cls.load(path)
 
     def seal(self, plaintext: str, context: str) -> str:
@@ -78,4 +67,4 @@ class Sealer:
 
 
 def new_key_line() -> str:
-    return f"k{secrets.token_hex(4)}:{base64.b64encode(os.urandom(32)).decode()}"
+    return keyfiles.new_key_line()
