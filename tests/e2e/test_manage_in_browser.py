@@ -17,15 +17,14 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from stepup.clock import FrozenClock
 from stepup.storage import keys
-from stepup.storage.embedded import EmbeddedRedis
 from tests.support.stepup import ISSUER_UPSTREAM, REDIRECT, Stepup, Upstream, hidden, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
     answer_callbacks,
     claims_of,
     management_url,
+    module_stepup_at_origin,
     stepup_at_origin,
-    stepup_for_module,
 )
 
 pytestmark = pytest.mark.browser
@@ -39,19 +38,7 @@ def few_recovery_codes(document: dict[str, Any]) -> None:
     document["factors"] = {"recovery_codes": 4}
 
 
-@pytest.fixture(scope="module")
-def served(
-    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stepup]:
-    with stepup_for_module(
-        redis_server.url, tmp_path_factory.mktemp("manage"), few_recovery_codes
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def stepup(served: Stepup, redis_url: str) -> Stepup:
-    return served  # redis_url: Redis emptied before each test
+served, stepup = module_stepup_at_origin("manage", few_recovery_codes)
 
 
 def warn_on_last_factor(document: dict[str, Any]) -> None:

@@ -21,13 +21,12 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from stepup.storage.embedded import EmbeddedRedis
 from tests.support.stepup import REDIRECT, Stepup, hidden, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
     answer_callbacks,
     management_url,
-    stepup_for_module,
+    module_stepup_at_origin,
 )
 
 pytestmark = pytest.mark.browser
@@ -42,19 +41,7 @@ def policy_edits(document: dict[str, Any]) -> None:
     document["factors"] = {"last_factor": "warn", "recovery_codes": 4}
 
 
-@pytest.fixture(scope="module")
-def served(
-    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stepup]:
-    with stepup_for_module(
-        redis_server.url, tmp_path_factory.mktemp("screens"), policy_edits
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def stepup(served: Stepup, redis_url: str) -> Stepup:
-    return served  # redis_url: Redis emptied before each test
+served, stepup = module_stepup_at_origin("screens", policy_edits)
 
 
 @pytest.fixture

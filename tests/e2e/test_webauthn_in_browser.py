@@ -15,7 +15,6 @@ import redis
 from playwright.sync_api import APIResponse, Browser, Page, Request, Route, expect
 
 from stepup.storage import keys
-from stepup.storage.embedded import EmbeddedRedis
 from tests.support.stepup import CLIENT_ID, ISSUER_UPSTREAM, REDIRECT, Stepup, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
@@ -24,7 +23,7 @@ from tests.support.webauthn import (
     callback_query,
     claims_of,
     management_url,
-    stepup_for_module,
+    module_stepup_at_origin,
 )
 
 pytestmark = pytest.mark.browser
@@ -47,19 +46,7 @@ def with_device_bound_scope(document: dict[str, Any]) -> None:
     bank["scopes"].append(PHRH_SCOPE)
 
 
-@pytest.fixture(scope="module")
-def served(
-    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stepup]:
-    with stepup_for_module(
-        redis_server.url, tmp_path_factory.mktemp("webauthn"), with_device_bound_scope
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def stepup(served: Stepup, redis_url: str) -> Stepup:
-    return served  # redis_url: Redis emptied before each test
+served, stepup = module_stepup_at_origin("webauthn", with_device_bound_scope)
 
 
 @pytest.fixture

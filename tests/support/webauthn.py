@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from playwright.sync_api import Page
 
 from stepup.clock import FrozenClock
+from stepup.storage.embedded import EmbeddedRedis
 from tests.support.own_issuer import stepup_at_own_url
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
@@ -67,6 +69,28 @@ def stepup_for_module(
         upstream, directory / "data", redis_url, clock, document_edit=document_edit
     ) as stepup:
         yield stepup
+
+
+def module_stepup_at_origin(
+    label: str, document_edit: DocumentEdit | None = None
+) -> tuple[Callable[..., Iterator[Stepup]], Callable[..., Stepup]]:
+    """Fixtures `served` (one stepup at its origin per module) and `stepup` (that server, with
+    Redis emptied before each test by `redis_url`). Assign both names in the module."""
+
+    @pytest.fixture(scope="module")
+    def served(
+        redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Stepup]:
+        with stepup_for_module(
+            redis_server.url, tmp_path_factory.mktemp(label), document_edit
+        ) as running:
+            yield running
+
+    @pytest.fixture
+    def stepup(served: Stepup, redis_url: str) -> Stepup:
+        return served
+
+    return served, stepup
 
 
 class VirtualAuthenticator:
