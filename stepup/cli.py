@@ -192,11 +192,8 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
 
 
 def _subject(path: Path, action: str, issuer: str, sub: str) -> int:
-    import asyncio
-
-    from stepup.storage.embedded import EmbeddedRedis, EmbeddedRedisError
     from stepup.storage.keys import subject_id
-    from stepup.storage.redis import STORAGE_ERRORS, RedisStore, connect
+    from stepup.storage.redis import RedisStore, connect
 
     loaded = _load(path)
     if loaded is None:
@@ -204,10 +201,9 @@ def _subject(path: Path, action: str, issuer: str, sub: str) -> int:
     if loaded.upstream(issuer) is None:
         print(f"stepup: {issuer!r} is not a trusted upstream issuer", file=sys.stderr)
         return EXIT_POLICY
-    deployment = loaded.deployment
     key = subject_id(issuer, sub)
 
-    async def act(url: str) -> None:
+    async def act(url: str) -> int:
         store = RedisStore(connect(url))
         try:
             if action in ("disable", "enable"):
@@ -221,29 +217,9 @@ def _subject(path: Path, action: str, issuer: str, sub: str) -> int:
                 )
         finally:
             await store.close()
+        return EXIT_OK
 
-    embedded = None
-    try:
-        url = deployment.redis_url
-        if url is None:
-            # The service's own Redis if it is running, else started for this command.
-            embedded = EmbeddedRedis(deployment.data_dir)
-            if embedded.answering():
-                url, embedded = embedded.url, None
-            else:
-                embedded.start()
-                url = embedded.url
-        asyncio.run(act(url))
-    except EmbeddedRedisError as exc:
-        print(f"stepup: cannot start Redis: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    except STORAGE_ERRORS as exc:
-        print(f"stepup: cannot reach Redis: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    return EXIT_OK
+    return _on_redis(loaded, act)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
