@@ -116,8 +116,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     }
     token = services.signing.sign(claims)
     # Indexed under the subject before it is recorded, so an admin revoke-all cannot miss it.
-    await services.elevations.track(subject.key, jti, elevation.exp, now, limits.max_token_lifetime)
-    if not await services.store.record_elevation(elevation, lifetime):
+    if not await services.elevations.track_and_record(
+        subject.key, elevation, lifetime, now, limits.max_token_lifetime
+    ):
         # A parallel replay of this code revoked the jti before it was recorded.
         raise InvalidGrant("code is invalid, expired or already used")
     services.audit.record(

@@ -157,7 +157,7 @@ return redis.call('DEL', KEYS[1])
 """
 
 
-def _dump_compact(record: object) -> bytes:
+def dump_compact(record: object) -> bytes:
     """A record without the fields that hold their default (None, False): every elevated
     token is kept for its whole life, and these made up a sixth of its bytes. Reading fills
     the defaults back in (models.load), so old and new records read alike."""
@@ -252,7 +252,7 @@ class RedisStore:
         jti = elevation.jti
         recorded = await self._record_elevation(
             keys=[keys.elevation(jti), keys.elevation_revoked(jti)],
-            args=[_dump_compact(elevation), max(1, ttl)],
+            args=[dump_compact(elevation), max(1, ttl)],
         )
         return bool(recorded)
 
