@@ -8,6 +8,7 @@ and the audit log cannot disagree about what happened.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -78,15 +79,26 @@ class Metrics:
         )
         # The factor a request proved, until that request's approval is counted.
         self._proved: OrderedDict[str, str] = OrderedDict()
+        # (metric, *label values) -> its child. prometheus_client's labels() validates and
+        # joins the values and takes a lock on every call; a hot path pays that once per
+        # label set instead. The children are the registry's own (no new label sets).
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe(self, entry: AuditEvent) -> None:
         """An audit event (see stepup/audit.py), as recorded."""
         event, outcome = str(entry["event"]), str(entry["outcome"])
-        self.events.labels(event, outcome).inc()
+        self.child(self.events, event, outcome).inc()
         request = str(entry.get("request_id", ""))
         if event == "factor.verify":
             kind = str(entry.get("kind", "unknown"))
-            self.factor_checks.labels(outcome, kind).inc()
+            self.child(self.factor_checks, outcome, kind).inc()
             if outcome == "throttled":
                 self.throttled.inc()
             elif outcome == "success" and request:
@@ -103,7 +115,7 @@ class Metrics:
         elif event == "authorize.start" and outcome == "unmet":
             self.stepups.labels("unmet", "none", str(entry.get("acr", ""))).inc()
         elif event.startswith("token."):
-            self.tokens.labels(event.removeprefix("token."), outcome).inc()
+            self.child(self.tokens, event.removeprefix("token."), outcome).inc()
 
     def _remember(self, request: str, kind: str) -> None:
         self._proved[request] = kind

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,10 @@ SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
 MAX_TOKEN_LENGTH = 16_384
 MIN_RSA_BITS = 2048
 MAX_NUMERIC_DATE = 2**40  # far beyond any real date, far below 64-bit limits
+# How many verified subject tokens each process remembers, and the longest one it keeps
+# (a bound on memory whatever the upstream issues: at most about 4096 x 4 KiB twice over).
+VERIFIED_CACHE_SIZE = 4096
+VERIFIED_CACHE_MAX_TOKEN = 4096
 
 
 class UpstreamUnavailable(Exception):
@@ -139,6 +144,16 @@ def _strong_only(keys: KeySet) -> KeySet:
     )
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A token whose signature verified: the issuer entry and the key set it verified under."""
+
+    upstream: Upstream
+    kid: str | None
+    keys: KeySet
+    claims: dict[str, Any]
+
+
 def _has_kid(keys: KeySet, kid: str | None) -> bool:
     if kid is None:
         return True
@@ -150,6 +165,13 @@ class SubjectValidator:
         self._config = config
         self._keys = keys
         self._clock = clock
+        # Token string -> what its verification found. The same bytes verified under the same
+        # key set object always verify the same way, so a hit skips parsing and ECDSA; the
+        # entry is used only while the issuer's current key set is still that very object
+        # (a refetch, a rotation or an expired key cache makes a new one, and the token is
+        # verified again). Claims are never cached as valid: exp, nbf, iat, aud and client_id
+        # are checked against the clock and the presenting client on every call.
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     async def validate(self, token: str | None, token_type: str | None, client: Client) -> Subject:
         if not token:
@@ -163,6 +185,13 @@ class SubjectValidator:
         invalid = "subject_token is invalid"
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidRequest(invalid, detail="subject token too long")
+        cached = self._verified.get(token)
+        if cached is not None:
+            keyset = await self._current_keys(cached.upstream, cached.kid)
+            if keyset is cached.keys:
+                self._verified.move_to_end(token)
+                return self._check_claims(dict(cached.claims), cached.upstream, client)
+            del self._verified[token]
         try:
             compact = jws.extract_compact(token.encode())
             header = compact.protected
@@ -180,12 +209,8 @@ class SubjectValidator:
             raise InvalidRequest(invalid, detail=f"algorithm {alg!r} not allowed")
         self._check_typ(header.get("typ"), upstream)
         kid = header.get("kid")
-        try:
-            keyset = await self._keys.keys_for(upstream, kid if isinstance(kid, str) else None)
-        except UpstreamUnavailable as exc:
-            raise TemporarilyUnavailable(
-                "the upstream issuer's keys cannot be fetched", detail=str(exc)
-            ) from exc
+        kid = kid if isinstance(kid, str) else None
+        keyset = await self._current_keys(upstream, kid)
         try:
             # Only the issuer's published keys are used: `jku`, `x5u` and `jwk` headers are ignored.
             with warnings.catch_warnings():
@@ -196,7 +221,19 @@ class SubjectValidator:
             claims = dict(decoded.claims)
         except (JoseError, ValueError, TypeError) as exc:
             raise InvalidRequest(invalid, detail=f"signature: {exc}") from exc
+        if len(token) <= VERIFIED_CACHE_MAX_TOKEN:
+            self._verified[token] = _Verified(upstream, kid, keyset, dict(claims))
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)  # least recently used
         return self._check_claims(claims, upstream, client)
+
+    async def _current_keys(self, upstream: Upstream, kid: str | None) -> KeySet:
+        try:
+            return await self._keys.keys_for(upstream, kid)
+        except UpstreamUnavailable as exc:
+            raise TemporarilyUnavailable(
+                "the upstream issuer's keys cannot be fetched", detail=str(exc)
+            ) from exc
 
     def _check_typ(self, typ: object, upstream: Upstream) -> None:
         normalized = str(typ).lower().removeprefix("application/") if typ is not None else None

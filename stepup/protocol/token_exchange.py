@@ -49,8 +49,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
 
     jti = secrets.token_urlsafe(24)
     limits = services.config.limits
-    grant, spent_jti = await services.store.redeem_code(
-        code, jti, remember=limits.max_token_lifetime
+    # One round trip: the redemption (atomic, one-time) and the subject's disabled flag.
+    grant, spent_jti, disabled = await services.store.redeem_code_of(
+        code, jti, limits.max_token_lifetime, subject.key
     )
     if grant is None:
         if spent_jti:
@@ -64,7 +65,7 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         raise InvalidGrant("code was issued for another subject")
     if not hmac.compare_digest(_s256(verifier), grant.code_challenge):
         raise InvalidGrant("code_verifier does not match the code_challenge")
-    if await services.store.is_disabled(subject.key):
+    if disabled:
         services.audit.record("token.issued", "refused", subject=subject.key, reason="disabled")
         raise InvalidGrant("code is invalid, expired or already used")
 
@@ -115,8 +116,9 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     }
     token = services.signing.sign(claims)
     # Indexed under the subject before it is recorded, so an admin revoke-all cannot miss it.
-    await services.elevations.track(subject.key, jti, elevation.exp, now, limits.max_token_lifetime)
-    if not await services.store.record_elevation(elevation, lifetime):
+    if not await services.elevations.track_and_record(
+        subject.key, elevation, lifetime, now, limits.max_token_lifetime
+    ):
         # A parallel replay of this code revoked the jti before it was recorded.
         raise InvalidGrant("code is invalid, expired or already used")
     services.audit.record(

@@ -89,11 +89,32 @@ def _authorization(request: Request) -> str | None:
     return request.headers.get("authorization")
 
 
+class _MetadataBody:
+    """The RFC 8414 document, serialized once per (config, signing keys): it changes only
+    when they do (a key rotation swaps `services.signing` for a new object). Identity, not
+    equality, decides, and the pair is held, so a new object always means a rebuild."""
+
+    def __init__(self) -> None:
+        self._for: tuple[object, object] | None = None
+        self._body = b""
+
+    def body(self, services: Services) -> bytes:
+        current = (services.config, services.signing)
+        if self._for is None or self._for[0] is not current[0] or self._for[1] is not current[1]:
+            self._body = orjson.dumps(metadata.metadata(services.config, services.signing))
+            self._for = current
+        return self._body
+
+
+_metadata_body = _MetadataBody()
+
+
 @endpoint
 async def metadata_document(request: Request, services: Services) -> Response:
-    return JSONResponse(
-        metadata.metadata(services.config, services.signing),
+    return Response(
+        _metadata_body.body(services),
         headers={"Cache-Control": "public, max-age=300"},
+        media_type="application/json",
     )
 
 

@@ -8,6 +8,7 @@ import contextlib
 import re
 import secrets
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,6 +36,10 @@ class Observe:
                 self.templates[route.endpoint] = route.path
             elif isinstance(route, Mount):
                 self.templates[route.app] = route.path + "/{path:path}"
+        # (endpoint, method, status) -> (request counter child, latency histogram child):
+        # one dict lookup per request instead of a template lookup, str(status) and two
+        # labels() calls (which validate, join and lock each time).
+        self._observers: dict[tuple[object, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,11 +66,21 @@ class Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             correlation_id.reset(token)
+            elapsed = time.perf_counter() - started
             # The router wrote the matched endpoint into this same scope dict.
-            route = self.templates.get(scope.get("endpoint"), "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+            key = (scope.get("endpoint"), scope["method"], status)
+            observers = self._observers.get(key)
+            if observers is None:
+                observers = self._observers[key] = self._children(*key)
+            observers[0].inc()
+            observers[1].observe(elapsed)
+
+    def _children(self, endpoint: object, method: str, status: int) -> tuple[Any, Any]:
+        route = self.templates.get(endpoint, "unmatched")
+        return (
+            self.metrics.child(self.metrics.requests, route, method, str(status)),
+            self.metrics.child(self.metrics.latency, route, method),
+        )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -231,6 +231,40 @@ def test_known_key_keeps_validating_during_a_flood(
     assert [r.status_code for r in responses[FLOOD:]] == [201] * 5
 
 
+# --- the verified-token cache ---------------------------------------------------------
+
+
+def test_same_token_again_is_still_checked_against_the_clock(
+    via_jwks_uri: Stepup, key_server: KeyServer
+) -> None:
+    token = via_jwks_uri.upstream.token(lifetime=60)
+    assert via_jwks_uri.par(token).status_code == 201
+    via_jwks_uri.clock.advance(600)  # past exp and any leeway
+    response = via_jwks_uri.par(token)
+    assert_oauth_error(response, 400, "invalid_request")
+    assert "expired" in response.json()["error_description"]
+
+
+def test_same_token_again_is_verified_anew_once_its_key_is_rotated_out(
+    via_jwks_uri: Stepup, key_server: KeyServer
+) -> None:
+    token = via_jwks_uri.upstream.token()
+    assert via_jwks_uri.par(token).status_code == 201
+    rotated = new_key()
+    key_server.serve(rotated)
+    via_jwks_uri.clock.advance(REFRESH_INTERVAL + 1)
+    assert via_jwks_uri.par(via_jwks_uri.upstream.token(key=rotated)).status_code == 201
+    assert_oauth_error(via_jwks_uri.par(token), 400, "invalid_request")
+
+
+def test_same_token_again_from_another_client_is_refused(via_jwks_uri: Stepup) -> None:
+    token = via_jwks_uri.upstream.token()
+    assert via_jwks_uri.par(token).status_code == 201
+    other = via_jwks_uri.upstream.token(client_id="someone-else")
+    assert_oauth_error(via_jwks_uri.par(other), 400, "invalid_request")
+    assert via_jwks_uri.par(token).status_code == 201
+
+
 # --- discovery ----------------------------------------------------------------------
 
 

@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from stepup.clock import FrozenClock
+from stepup.storage import keys
 from tests.support.oauth import assert_oauth_error, module_server
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
@@ -24,6 +26,7 @@ from tests.support.stepup import (
     CLIENT_ID,
     CLIENT_SECRET,
     EXCHANGE,
+    ISSUER_UPSTREAM,
     OTHER_API,
     OTHER_ID,
     OTHER_SECRET,
@@ -295,6 +298,18 @@ def test_get_token_is_405_json_error(stepup: Stepup) -> None:
 def test_reused_code_is_invalid_grant(stepup: Stepup) -> None:
     code, verifier = elevate(stepup)
     assert stepup.token(code, verifier).status_code == 200
+    assert_oauth_error(stepup.token(code, verifier), 400, "invalid_grant")
+
+
+def test_code_of_a_subject_disabled_since_is_invalid_grant_and_spent(
+    stepup: Stepup, redis_url: str
+) -> None:
+    code, verifier = elevate(stepup)
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(keys.disabled(keys.subject_id(ISSUER_UPSTREAM, "alice")), "1")
+        assert_oauth_error(stepup.token(code, verifier), 400, "invalid_grant")
+        client.delete(keys.disabled(keys.subject_id(ISSUER_UPSTREAM, "alice")))
+    # Re-enabled, the code is still spent: the refused redemption consumed it.
     assert_oauth_error(stepup.token(code, verifier), 400, "invalid_grant")
 
 
