@@ -34,4 +34,34 @@ function common.done(summary, latency, requests)
   out:close()
 end
 
+-- wrk calls `setup` once per thread, before `init`: threads get ids 0 .. n-1 as global `tid`.
+common.threads = {}
+function common.setup(thread)
+  thread:set("tid", #common.threads)
+  table.insert(common.threads, thread)
+end
+
+-- This thread's share of a file of "a<TAB>b" lines: lines tid, tid+n, tid+2n ... (n threads).
+function common.pairs_for(path, tid)
+  local nthreads = tonumber(os.getenv("BENCH_THREADS"))
+  local mine, line_no = {}, 0
+  for line in io.lines(path) do
+    if line_no % nthreads == tid then
+      local a, b = line:match("^([^\t]+)\t([^\t]+)$")
+      table.insert(mine, { a, b })
+    end
+    line_no = line_no + 1
+  end
+  return mine
+end
+
+-- A counter every thread keeps as a global, summed over the threads (in `done`).
+function common.total(name)
+  local total = 0
+  for _, thread in ipairs(common.threads) do
+    total = total + thread:get(name)
+  end
+  return total
+end
+
 return common

@@ -5,14 +5,7 @@
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
-local threads = {}
-local counter = 0
-
-function setup(thread)
-  thread:set("tid", counter)
-  table.insert(threads, thread)
-  counter = counter + 1
-end
+setup = common.setup
 
 local pool = {}
 local next_index = 1
@@ -20,15 +13,7 @@ exhausted = 0
 local prefix = nil
 
 function init(args)
-  local nthreads = tonumber(os.getenv("BENCH_THREADS"))
-  local line_no = 0
-  for line in io.lines(os.getenv("BENCH_POOL_FILE")) do
-    if line_no % nthreads == tid then
-      local code, verifier = line:match("^([^\t]+)\t([^\t]+)$")
-      table.insert(pool, { code, verifier })
-    end
-    line_no = line_no + 1
-  end
+  pool = common.pairs_for(os.getenv("BENCH_POOL_FILE"), tid)
   prefix = common.read_file(os.getenv("BENCH_BODY_FILE"))
   wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
   wrk.headers["Authorization"] = os.getenv("BENCH_AUTHORIZATION")
@@ -49,10 +34,6 @@ function request()
 end
 
 function done(summary, latency, requests)
-  local total = 0
-  for _, thread in ipairs(threads) do
-    total = total + thread:get("exhausted")
-  end
-  common.extra = { exhausted = total }
+  common.extra = { exhausted = common.total("exhausted") }
   common.done(summary, latency, requests)
 end

@@ -6,14 +6,7 @@
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
-local threads = {}
-local counter = 0
-
-function setup(thread)
-  thread:set("tid", counter)
-  table.insert(threads, thread)
-  counter = counter + 1
-end
+setup = common.setup
 
 local pending = {}   -- request_uris waiting for their GET /authorize
 local challenges = {}
@@ -25,15 +18,7 @@ local auth = nil
 codes = 0
 
 function init(args)
-  local nthreads = tonumber(os.getenv("BENCH_THREADS"))
-  local line_no = 0
-  for line in io.lines(os.getenv("BENCH_CHALLENGES")) do
-    if line_no % nthreads == tid then
-      local state, challenge = line:match("^([^\t]+)\t([^\t]+)$")
-      table.insert(challenges, { state, challenge })
-    end
-    line_no = line_no + 1
-  end
+  challenges = common.pairs_for(os.getenv("BENCH_CHALLENGES"), tid)
   out = assert(io.open(os.getenv("BENCH_OUT") .. "." .. tid, "w"))
   par_prefix = common.read_file(os.getenv("BENCH_BODY_FILE"))
   authorize_prefix = os.getenv("BENCH_AUTHORIZE_PATH")
@@ -77,10 +62,6 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local total = 0
-  for _, thread in ipairs(threads) do
-    total = total + thread:get("codes")
-  end
-  common.extra = { codes = total }
+  common.extra = { codes = common.total("codes") }
   common.done(summary, latency, requests)
 end
