@@ -57,10 +57,6 @@ class Verifier:
     def meeting(factors: list[Factor], level: Level) -> list[Factor]:
         return [f for f in factors if (kind := KINDS.get(f.kind)) and kind.meets(f, level)]
 
-    @staticmethod
-    def amr(factor: Factor) -> list[str]:
-        return KINDS[factor.kind].amr(factor)
-
     def new_totp(self, subject: str, name: str = "Authenticator app") -> Factor:
         factor_id = "totp-" + secrets.token_hex(6)
         secret = totp.new_secret()
@@ -102,7 +98,7 @@ class Verifier:
                 # afterwards, also when two requests race with it.
                 ttl = totp.PERIOD * (2 * totp.SKEW_STEPS + 2)
                 if await self._store.claim_totp_step(subject, factor.id, step, ttl):
-                    return await self._succeeded(subject, factor, totp.Totp().amr(factor))
+                    return await self._succeeded(subject, factor, KINDS["totp"].amr(factor))
                 self._audit.record("factor.verify", "failure", subject=subject, reason="replay")
                 break
         return await self._failed(subject, "malformed" if cleaned is None else "mismatch")
@@ -131,7 +127,7 @@ class Verifier:
             factor=factor.id,
             remaining=remaining,
         )
-        return await self._succeeded(subject, factor, recovery.RecoveryKind().amr(factor))
+        return await self._succeeded(subject, factor, KINDS["recovery"].amr(factor))
 
     async def prove_webauthn(
         self,
