@@ -18,6 +18,7 @@ from starlette.responses import Response
 from stepup.audit import Audit, AuditKeyError, AuditKeys
 from stepup.clock import Clock, SystemClock
 from stepup.config import Config, Deployment
+from stepup.dpop import Nonces
 from stepup.errors import InvalidRequest
 from stepup.factors.verify import Verifier
 from stepup.keys import KeyWatch
@@ -99,6 +100,7 @@ def build_services(
         audit=audit,
         verifier=Verifier(store, sealer, throttle, clock, audit, config.relying_party),
         elevations=elevations,
+        nonces=Nonces(sealer.derive_key("dpop-nonce"), config.dpop.nonce_lifetime),
     )
 
 

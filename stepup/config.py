@@ -156,6 +156,21 @@ def default_webauthn(issuer: str) -> WebAuthn:
 
 
 @dataclass(frozen=True)
+class DPoP:
+    """Sender-constrained tokens (RFC 9449) at stepup's intake and token endpoints."""
+
+    # Asymmetric JWS algorithms a proof may use (advertised as dpop_signing_alg_values_supported).
+    algorithms: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "Ed25519", "PS256", "RS256")
+    # How old a proof's iat may be, and how far ahead of stepup's clock, in seconds.
+    iat_window: int = 60
+    iat_skew: int = 5
+    # RFC 9449 §8: require a server nonce in every proof (answered with use_dpop_nonce).
+    require_nonce: bool = False
+    # How long one nonce slot lasts; a nonce passes in its own slot and the next one.
+    nonce_lifetime: int = 300
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     # How long audit entries stay in the Redis Stream (trimmed by XTRIM MINID).
     retention_days: int = 90
@@ -201,6 +216,7 @@ class Config:
     factors: Factors = field(default_factory=Factors)
     audit: AuditSettings = field(default_factory=AuditSettings)
     operator: Operator = field(default_factory=Operator)
+    dpop: DPoP = field(default_factory=DPoP)
 
     @property
     def relying_party(self) -> WebAuthn:
@@ -361,6 +377,7 @@ class _Reader:
                 "audit",
                 "admin",
                 "metrics",
+                "dpop",
             },
             "policy",
         )
@@ -409,6 +426,7 @@ class _Reader:
         audit = self.audit(self.table(raw, "audit", "policy"), environ)
         operator = self.operator(raw)
         self.operator_separation(operator, clients, servers)
+        dpop = self.dpop(self.table(raw, "dpop", "policy"))
         if self.problems or not issuer:
             return None
         return Config(
@@ -426,6 +444,7 @@ class _Reader:
             factors=factors,
             audit=audit,
             operator=operator,
+            dpop=dpop,
         )
 
     def check_issuer(self, issuer: str) -> None:
@@ -531,6 +550,32 @@ class _Reader:
             origins=tuple(o.rstrip("/") for o in origins),
             rp_name=self.string(t, "rp_name", where, default.rp_name),
             challenge_lifetime=lifetime,
+        )
+
+    def dpop(self, t: Mapping[str, Any]) -> DPoP:
+        where = "dpop"
+        defaults = DPoP()
+        self.no_unknown(t, set(DPoP.__dataclass_fields__), where)
+        algorithms = self.strings(t, "algorithms", where, list(defaults.algorithms))
+        unsafe = sorted(set(algorithms) - ALLOWED_ALGORITHMS)
+        if unsafe or not algorithms:
+            # RFC 9449 §4.3 step 5: never `none` or a MAC algorithm.
+            self.problem(f"{where}.algorithms", f"asymmetric JWS algorithms only, not {unsafe}")
+        window = self.integer(t, "iat_window", where, defaults.iat_window)
+        if not 5 <= window <= 600:
+            self.problem(f"{where}.iat_window", "must be between 5 and 600 seconds")
+        skew = self.integer(t, "iat_skew", where, defaults.iat_skew)
+        if skew > 60:
+            self.problem(f"{where}.iat_skew", "must be between 0 and 60 seconds")
+        lifetime = self.integer(t, "nonce_lifetime", where, defaults.nonce_lifetime)
+        if not 10 <= lifetime <= 3600:
+            self.problem(f"{where}.nonce_lifetime", "must be between 10 and 3600 seconds")
+        return DPoP(
+            algorithms=tuple(dict.fromkeys(algorithms)),
+            iat_window=window,
+            iat_skew=skew,
+            require_nonce=self.boolean(t, "require_nonce", where, defaults.require_nonce),
+            nonce_lifetime=lifetime,
         )
 
     def factors(self, t: Mapping[str, Any]) -> Factors:

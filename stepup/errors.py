@@ -73,3 +73,22 @@ class TemporarilyUnavailable(OAuthError):
 
 class UnsupportedResponseType(OAuthError):
     error = "unsupported_response_type"
+
+
+class InvalidDPoPProof(OAuthError):
+    # RFC 9449 §5: a DPoP proof that is missing, malformed, or from the wrong key.
+    error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof must carry the server's nonce; the answer hands out the current
+    one in `DPoP-Nonce`."""
+
+    error = "use_dpop_nonce"
+
+    def __init__(self, description: str, nonce: str, *, detail: str | None = None) -> None:
+        super().__init__(description, detail=detail)
+        self.nonce = nonce
+
+    def headers(self) -> dict[str, str]:
+        return {"DPoP-Nonce": self.nonce}

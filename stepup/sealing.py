@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stepup import keyfiles
 
@@ -30,6 +32,7 @@ class Sealer:
                 raise SealingError(f"factor key '{key_id}' must be 32 bytes with a plain id")
         self._current = keys[0][0]
         self._keys = {key_id: AESGCM(key) for key_id, key in keys}
+        self._raw = dict(keys)
 
     @classmethod
     def load(cls, path: Path) -> Sealer:
@@ -61,6 +64,13 @@ class Sealer:
         except (InvalidTag, ValueError) as exc:
             # Tampered, copied from another subject or factor, or sealed under another key.
             raise SealingError("this secret does not open in its context") from exc
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key of its own for `purpose` (HKDF-SHA256 from the current factor key): every
+        instance sharing the factor key file derives the same one, and it opens nothing."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=f"stepup {purpose}".encode()
+        ).derive(self._raw[self._current])
 
     def is_current(self, sealed: str) -> bool:
         return sealed.partition(":")[0] == self._current

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from stepup.audit import Audit
 from stepup.clock import Clock
 from stepup.config import Config
+from stepup.dpop import Nonces
 from stepup.factors.verify import Verifier
 from stepup.policy import Policy
 from stepup.protocol.subject import SubjectValidator
@@ -29,6 +30,7 @@ class Services:
     audit: Audit
     verifier: Verifier
     elevations: ElevationIndex
+    nonces: Nonces  # DPoP server nonces (RFC 9449 §8), the same at every instance
 
     def now(self) -> int:
         return int(self.clock.now())

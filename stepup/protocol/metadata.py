@@ -43,6 +43,8 @@ def metadata(config: Config, signing: SigningKeys) -> dict[str, Any]:
                 "urn:ietf:params:oauth:token-type:access_token",
                 "urn:ietf:params:oauth:token-type:jwt",
             ],
+            # RFC 9449 §5.1
+            "dpop_signing_alg_values_supported": list(config.dpop.algorithms),
         }
     )
     return document

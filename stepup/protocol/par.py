@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from stepup.config import Client
+from stepup.dpop import is_thumbprint
 from stepup.errors import (
     InvalidAuthorizationDetails,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
     UnsupportedResponseType,
 )
 from stepup.models import PendingRequest
+from stepup.protocol import dpop_binding
 from stepup.protocol.challenge import (
     ChallengeSyntaxError,
     parse_www_authenticate,
@@ -32,7 +35,9 @@ _S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_STATE = 1024
 
 
-async def push(services: Services, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+async def push(
+    services: Services, client: Client, form: Mapping[str, str], dpop: Sequence[str] = ()
+) -> dict[str, Any]:
     if "request" in form:
         raise InvalidRequest("request objects are not supported; send the parameters directly")
     if "request_uri" in form:
@@ -49,19 +54,16 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
     state = form.get("state")
     if state is not None and len(state) > MAX_STATE:
         raise InvalidRequest(f"state is longer than {MAX_STATE} characters")
-    if form.get("dpop_jkt"):
-        raise InvalidRequest("dpop_jkt: DPoP binding is not enabled on this server")
+    dpop_jkt = form.get("dpop_jkt")
+    if dpop_jkt is not None and not is_thumbprint(dpop_jkt):
+        raise InvalidRequest("dpop_jkt must be a base64url SHA-256 JWK thumbprint (RFC 7638)")
     if form.get("authorization_details"):
         raise InvalidAuthorizationDetails("no authorization_details types are accepted here")
 
     subject = await services.subjects.validate(
         form.get("subject_token"), form.get("subject_token_type"), client
     )
-    if subject.cnf_jkt:
-        raise InvalidRequest(
-            "subject_token is DPoP-bound and DPoP is not enabled on this server",
-            detail=f"cnf.jkt {subject.cnf_jkt}",
-        )
+    dpop_jkt = await _binding(services, dpop, dpop_jkt, subject.cnf_jkt)
     acr_values, max_age, scopes = _requirement(form)
     if not scopes:
         raise InvalidScope("scope is required: name the scope the elevation is for")
@@ -85,6 +87,7 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
         acr=level.uri,
         max_age=services.policy.max_age_for(scopes, max_age),
         created_at=now,
+        dpop_jkt=dpop_jkt,
     )
     request_id = secrets.token_urlsafe(32)
     lifetime = services.config.limits.request_uri_lifetime
@@ -98,6 +101,34 @@ async def push(services: Services, client: Client, form: Mapping[str, str]) -> d
         scope=" ".join(scopes),
     )
     return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": lifetime}
+
+
+async def _binding(
+    services: Services, headers: Sequence[str], dpop_jkt: str | None, cnf_jkt: str | None
+) -> str | None:
+    """The key the request is bound to from intake on (RFC 9449 §10): `dpop_jkt`, the key of
+    a DPoP proof sent with the request (§10.1: both must agree), or the key the subject token
+    is bound to (cnf.jkt: the elevation stays with the key the user's token is held by)."""
+    proven = await dpop_binding.proof(services, headers, "/par")
+    if proven is not None and dpop_jkt is not None and proven.jkt != dpop_jkt:
+        raise InvalidDPoPProof(
+            "dpop_jkt is not the key of the DPoP proof",
+            detail=f"dpop_jkt {dpop_jkt}, proof {proven.jkt}",
+        )
+    jkt = dpop_jkt or (proven.jkt if proven else None)
+    if cnf_jkt is not None:
+        if jkt is not None and jkt != cnf_jkt:
+            if proven is not None and proven.jkt != cnf_jkt:
+                raise InvalidDPoPProof(
+                    "The DPoP proof is not from the key the subject_token is bound to",
+                    detail=f"proof {proven.jkt}, cnf.jkt {cnf_jkt}",
+                )
+            raise InvalidRequest(
+                "dpop_jkt is not the key the subject_token is bound to",
+                detail=f"dpop_jkt {jkt}, cnf.jkt {cnf_jkt}",
+            )
+        jkt = cnf_jkt
+    return jkt
 
 
 # RFC 8252 §7.3: a native app's loopback listener gets its port from the system at run time.

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, Client
@@ -19,6 +19,7 @@ from stepup.errors import (
     UnsupportedGrantType,
 )
 from stepup.models import Elevation
+from stepup.protocol import dpop_binding
 from stepup.services import Services
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -26,7 +27,9 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 
 
-async def exchange(services: Services, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+async def exchange(
+    services: Services, client: Client, form: Mapping[str, str], dpop: Sequence[str] = ()
+) -> dict[str, Any]:
     if form.get("grant_type") != GRANT_TYPE:
         raise UnsupportedGrantType(f"grant_type must be {GRANT_TYPE}")
     if form.get("actor_token") or form.get("actor_token_type"):
@@ -46,6 +49,10 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     subject = await services.subjects.validate(
         form.get("subject_token"), form.get("subject_token_type"), client
     )
+    # RFC 9449 §5: checked before the code is spent, so a bad proof costs the client nothing.
+    proven = await dpop_binding.proof(services, dpop, "/token")
+    if subject.cnf_jkt is not None:
+        dpop_binding.required_key(proven, subject.cnf_jkt, "subject_token")
 
     jti = secrets.token_urlsafe(24)
     limits = services.config.limits
@@ -68,6 +75,11 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     if disabled:
         services.audit.record("token.issued", "refused", subject=subject.key, reason="disabled")
         raise InvalidGrant("code is invalid, expired or already used")
+    if grant.dpop_jkt is not None:
+        # RFC 9449 §10: intake bound the request to this key.
+        dpop_binding.required_key(proven, grant.dpop_jkt, "step-up request")
+    # RFC 9449 §5: a proof binds the new token even when nothing asked for it.
+    cnf_jkt = proven.jkt if proven is not None else None
 
     for name in ("resource", "audience"):
         value = form.get(name)
@@ -100,6 +112,7 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         exp=now + lifetime,
         single_use=services.policy.single_use(scopes),
         authorization_details=grant.authorization_details,
+        cnf_jkt=cnf_jkt,
     )
     claims: dict[str, Any] = {
         "iss": elevation.iss,
@@ -114,6 +127,8 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
         "exp": elevation.exp,
         "jti": elevation.jti,
     }
+    if cnf_jkt is not None:
+        claims["cnf"] = {"jkt": cnf_jkt}  # RFC 9449 §6.1
     token = services.signing.sign(claims)
     # Indexed under the subject before it is recorded, so an admin revoke-all cannot miss it.
     if not await services.elevations.track_and_record(
@@ -134,7 +149,7 @@ async def exchange(services: Services, client: Client, form: Mapping[str, str]) 
     return {
         "access_token": token,
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if cnf_jkt is not None else "Bearer",
         "expires_in": lifetime,
         "scope": elevation.scope,
     }

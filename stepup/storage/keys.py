@@ -52,6 +52,11 @@ def elevation_revoked(jti: str) -> str:
     return f"{PREFIX}:revoked:{{{jti}}}"
 
 
+def dpop_proof(jkt_and_jti: str) -> str:
+    """One seen DPoP proof (RFC 9449 §11.1), one key each, so it works on a Cluster."""
+    return f"{PREFIX}:dpop:{digest(jkt_and_jti)}"
+
+
 def factors(subject: str) -> str:
     """A hash of factor id -> factor record. Durable: no TTL."""
     return f"{PREFIX}:{{s:{subject}}}:factors"

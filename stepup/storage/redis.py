@@ -214,6 +214,11 @@ class RedisStore:
     async def delete(self, key: str) -> bool:
         return bool(await self.redis.delete(key))
 
+    async def claim_once(self, key: str, ttl: int) -> bool:
+        """True for the first claim of `key` within `ttl` seconds: one SET NX EX, atomic
+        across every instance on this Redis."""
+        return bool(await self.redis.set(key, b"1", nx=True, ex=max(1, ttl)))
+
     # -- authorization codes --------------------------------------------------------------
 
     async def redeem_code(

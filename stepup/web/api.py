@@ -14,7 +14,15 @@ from starlette.types import Receive, Scope, Send
 from stepup.audit import refusal_event
 from stepup.config import Client, ResourceServer
 from stepup.errors import OAuthError, TemporarilyUnavailable
-from stepup.protocol import enrollment, introspection, metadata, par, revocation, token_exchange
+from stepup.protocol import (
+    dpop_binding,
+    enrollment,
+    introspection,
+    metadata,
+    par,
+    revocation,
+    token_exchange,
+)
 from stepup.protocol.client_auth import authenticate, authenticate_client
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
@@ -129,14 +137,17 @@ async def jwks(request: Request, services: Services) -> Response:
 async def pushed_authorization(request: Request, services: Services) -> Response:
     form = await read_form(request)
     client = authenticate_client(services.config, _authorization(request), form)
-    return JSONResponse(await par.push(services, client, form), 201, headers=NO_STORE)
+    pushed = await par.push(services, client, form, request.headers.getlist("dpop"))
+    headers = {**NO_STORE, **dpop_binding.nonce_headers(services)}
+    return JSONResponse(pushed, 201, headers=headers)
 
 
 @endpoint
 async def token(request: Request, services: Services) -> Response:
     form = await read_form(request)
     client = authenticate_client(services.config, _authorization(request), form)
-    return JSONResponse(await token_exchange.exchange(services, client, form), headers=NO_STORE)
+    issued = await token_exchange.exchange(services, client, form, request.headers.getlist("dpop"))
+    return JSONResponse(issued, headers={**NO_STORE, **dpop_binding.nonce_headers(services)})
 
 
 @endpoint

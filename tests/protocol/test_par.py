@@ -613,8 +613,10 @@ def test_authorization_details_is_invalid_authorization_details(stepup: Stepup) 
     assert_oauth_error(response, 400, "invalid_authorization_details")
 
 
-def test_dpop_jkt_is_invalid_request(stepup: Stepup) -> None:
-    jkt = b64url(hashlib.sha256(b"some key").digest())
+@pytest.mark.parametrize("jkt", ["abc", "x" * 43 + "=", "+" * 43, "a" * 44])
+def test_a_dpop_jkt_that_is_no_sha256_thumbprint_is_invalid_request(
+    stepup: Stepup, jkt: str
+) -> None:
     assert_oauth_error(stepup.par(dpop_jkt=jkt), 400, "invalid_request")
 
 
