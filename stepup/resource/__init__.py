@@ -12,12 +12,13 @@ at the RFC 9728 metadata document the middleware serves.
 """
 
 from stepup.resource.asgi import StepUpMiddleware, access_token, authorize, needs, requires
-from stepup.resource.guard import Guard, ProtectedResource, bearer_token
+from stepup.resource.guard import Guard, ProtectedResource, bearer_token, credentials
 from stepup.resource.levels import DEFAULT_LEVELS, LevelOrder
 from stepup.resource.refusals import (
     Answer,
     InsufficientScope,
     InsufficientUserAuthentication,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     MissingToken,
@@ -34,6 +35,7 @@ __all__ = [
     "Guard",
     "InsufficientScope",
     "InsufficientUserAuthentication",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "LevelOrder",
@@ -49,6 +51,7 @@ __all__ = [
     "authorize",
     "bearer_token",
     "check",
+    "credentials",
     "needs",
     "requires",
 ]

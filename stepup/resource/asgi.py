@@ -97,7 +97,13 @@ async def authorize(request: Request, requirement: Requirement) -> AccessToken:
     if len(headers) > 1:
         # RFC 6750 §3.1: more than one credential is a malformed request.
         raise InvalidRequest("Send one Authorization header", detail="several headers")
-    token = await guard.authorize(headers[0] if headers else None, requirement)
+    token = await guard.authorize(
+        headers[0] if headers else None,
+        requirement,
+        dpop=request.headers.getlist("dpop"),
+        method=request.method,
+        uri=guard.resource.request_uri(request.url.path),
+    )
     request.scope[TOKEN_KEY] = token
     return token
 

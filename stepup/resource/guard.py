@@ -12,14 +12,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from stepup import dpop
 from stepup.clock import Clock, SystemClock
 from stepup.resource.levels import DEFAULT_LEVELS, LevelOrder
-from stepup.resource.refusals import Answer, InvalidRequest, InvalidToken, MissingToken, Refusal
+from stepup.resource.refusals import (
+    Answer,
+    InvalidDPoPProof,
+    InvalidRequest,
+    InvalidToken,
+    MissingToken,
+    Refusal,
+)
 from stepup.resource.requirement import Requirement, check
 from stepup.resource.tokens import MAX_TOKEN_LENGTH, AccessToken, TokenVerifier, TrustedIssuer
 
-# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token.
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token; RFC 9449 §7.1: the same after "DPoP".
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
+_DPOP = re.compile(r"DPoP +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
@@ -39,6 +48,12 @@ class ProtectedResource:
     jwks_refresh_interval: float = 30.0
     introspection_cache_size: int = 1024
     timeout: float = 5.0
+    # RFC 9449: algorithms a DPoP proof may use; whether Bearer tokens are refused outright;
+    # how old a proof may be (seconds); how many seen proofs each process remembers.
+    dpop_algorithms: Sequence[str] = dpop.DEFAULT_ALGORITHMS
+    dpop_bound_access_tokens_required: bool = False
+    dpop_iat_window: int = 60
+    dpop_replay_cache_size: int = 65_536
 
     @property
     def metadata_path(self) -> str:
@@ -62,23 +77,41 @@ class ProtectedResource:
             document["scopes_supported"] = list(self.scopes_supported)
         if self.resource_name:
             document["resource_name"] = self.resource_name
+        document["dpop_signing_alg_values_supported"] = list(self.dpop_algorithms)
+        if self.dpop_bound_access_tokens_required:
+            document["dpop_bound_access_tokens_required"] = True
         return document
+
+    def request_uri(self, path: str) -> str:
+        """The URI a DPoP proof's `htu` must name for a request to `path`: this resource's
+        public origin (its identifier, RFC 9728), not the Host header a proxy passed on."""
+        parts = urlsplit(self.resource)
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def bearer_token(authorization: str | None) -> str:
     """The b64token of an RFC 6750 §2.1 Authorization header, or the refusal to answer."""
+    scheme, token = credentials(authorization)
+    if scheme != "bearer":
+        raise MissingToken(detail="scheme DPoP")
+    return token
+
+
+def credentials(authorization: str | None) -> tuple[str, str]:
+    """("bearer" | "dpop", token) of an RFC 6750 §2.1 or RFC 9449 §7.1 Authorization header."""
     if authorization is None or not authorization.strip():
         raise MissingToken()
-    scheme = re.split(r"[ \t]", authorization.strip(), maxsplit=1)[0]
-    if scheme.lower() != "bearer":
-        # Another scheme is no Bearer credential at all: answered like none (RFC 6750 §3.1).
+    scheme = re.split(r"[ \t]", authorization.strip(), maxsplit=1)[0].lower()
+    if scheme not in ("bearer", "dpop"):
+        # Another scheme is no credential at all: answered like none (RFC 6750 §3.1).
         raise MissingToken(detail=f"scheme {scheme[:20]!r}")
     if len(authorization) > MAX_TOKEN_LENGTH + 16:
         raise InvalidToken("The access token is not valid", detail="token too long")
-    match = _BEARER.fullmatch(authorization.strip(" \t"))
+    grammar = _BEARER if scheme == "bearer" else _DPOP
+    match = grammar.fullmatch(authorization.strip(" \t"))
     if match is None:
         raise InvalidRequest("The Authorization header is malformed", detail="not b64token")
-    return match.group(1)
+    return scheme, match.group(1)
 
 
 class Guard:
@@ -91,10 +124,20 @@ class Guard:
         *,
         clock: Clock | None = None,
         http: httpx.AsyncClient | None = None,
+        dpop_replay: dpop.ClaimOnce | None = None,
     ) -> None:
+        """`dpop_replay`: where seen DPoP proofs are claimed (shared by every process of the
+        resource server, e.g. Redis SET NX EX); by default this process's memory."""
         self.resource = resource
         self.clock = clock or SystemClock()
         self.levels = LevelOrder(resource.levels)
+        self.proof_policy = dpop.ProofPolicy(
+            tuple(resource.dpop_algorithms), resource.dpop_iat_window, resource.leeway + 5
+        )
+        self._dpop_algs = " ".join(resource.dpop_algorithms)
+        self._replay = dpop_replay or dpop.MemoryReplayCache(
+            self.clock.now, resource.dpop_replay_cache_size
+        )
         self._own_http = http is None
         self._http = http
         self._verifier: TokenVerifier | None = None
@@ -121,37 +164,104 @@ class Guard:
             await self._http.aclose()
         self._http = self._verifier = None
 
-    async def authorize(self, authorization: str | None, requirement: Requirement) -> AccessToken:
-        """The verified token if it meets `requirement`; otherwise raises a `Refusal`."""
+    async def authorize(
+        self,
+        authorization: str | None,
+        requirement: Requirement,
+        *,
+        dpop: Sequence[str] = (),
+        method: str = "GET",
+        uri: str | None = None,
+    ) -> AccessToken:
+        """The verified token if it meets `requirement`; otherwise raises a `Refusal`.
+
+        `dpop`: the request's DPoP header values; `method` and `uri` (default: the resource
+        itself): the request being served, which a DPoP proof must name (RFC 9449 §4.3)."""
+        scheme = None
         try:
-            token = await self._verify(bearer_token(authorization), requirement)
+            scheme, value = credentials(authorization)
+            if scheme == "bearer" and self.resource.dpop_bound_access_tokens_required:
+                raise InvalidToken(
+                    "This resource takes DPoP-bound tokens only", detail="Bearer presented"
+                )
+            proof = None
+            if scheme == "dpop":
+                proof = await self._proof(dpop, method, uri or self.resource.resource, value)
+            token = await self._verify(value, requirement, proof)
             check(token, requirement, self.levels, self.clock.now(), self.resource.leeway)
         except MissingToken as refusal:
             # No error code (RFC 6750 §3.1), but the scope hint helps a client ask for it.
+            missing = refusal
             if requirement.scope:
-                raise MissingToken(
+                missing = MissingToken(
                     detail=refusal.detail, params=[("scope", " ".join(requirement.scope))]
-                ) from None
+                )
+            if self.resource.dpop_bound_access_tokens_required:
+                missing.dpop_algs = self._dpop_algs
+            if missing is refusal:
+                raise
+            raise missing from None
+        except Refusal as refusal:
+            # RFC 9449 §7.1: a client that used DPoP (or must) is answered in DPoP's scheme,
+            # step-up challenges included, so it retries the way it can succeed.
+            if scheme == "dpop" or self.resource.dpop_bound_access_tokens_required:
+                refusal.dpop_algs = self._dpop_algs
             raise
         return token
 
-    async def _verify(self, token: str, requirement: Requirement) -> AccessToken:
+    async def _proof(self, headers: Sequence[str], method: str, uri: str, token: str) -> dpop.Proof:
+        try:
+            return await dpop.verify_proof(
+                headers,
+                method=method,
+                uri=uri,
+                now=self.clock.now(),
+                policy=self.proof_policy,
+                claim=self._replay,
+                access_token=token,
+            )
+        except dpop.ProofError as exc:
+            raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
+
+    @staticmethod
+    def _bound(token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
+        cnf = token.claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if jkt is None and proof is None:
+            return token
+        if proof is None:
+            # RFC 9449 §7.2: a bound token presented as a Bearer token is refused; whoever
+            # holds it without the key (a thief) gets nothing from it.
+            raise InvalidToken(
+                "The access token is DPoP-bound: present it with a DPoP proof",
+                detail="bound token as Bearer",
+            )
+        if not isinstance(jkt, str) or jkt != proof.jkt:
+            raise InvalidToken(
+                "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"
+            )
+        return token
+
+    async def _verify(
+        self, token: str, requirement: Requirement, proof: dpop.Proof | None = None
+    ) -> AccessToken:
         verifier = self.verifier
         if not requirement.introspect:
-            return await verifier.verify_jwt(token)
+            return self._bound(await verifier.verify_jwt(token), proof)
         issuer = verifier.introspecting_issuer(token)
         if issuer is None:
             # A token of an issuer this resource cannot ask (an upstream IdP's): if it is
             # valid, the answer is the step-up challenge, so the client gets one stepup can
             # revoke; if not, invalid_token.
-            await verifier.verify_jwt(token)
+            self._bound(await verifier.verify_jwt(token), proof)
             raise requirement.step_up(detail="token cannot be introspected")
-        return await verifier.introspect(
+        introspected = await verifier.introspect(
             token,
             issuer,
             max_staleness=requirement.revocation_delay,
             single_use=requirement.single_use,
         )
+        return self._bound(introspected, proof)
 
     def answer(self, refusal: Refusal) -> Answer:
         return refusal.answer(self.resource.realm, self.resource.metadata_url)

@@ -50,11 +50,15 @@ class Refusal(Exception):
         self.description = description
         self.detail = detail or description
         self.params = tuple(params)
+        # Set when the answer is a DPoP challenge (RFC 9449 §7.1): the algorithms accepted.
+        self.dpop_algs: str | None = None
 
     def challenge(self, realm: str | None, resource_metadata: str | None) -> str:
         params: list[Param] = []
         if realm:
             params.append(("realm", realm))
+        if self.dpop_algs:
+            params.append(("algs", self.dpop_algs))
         if self.error:
             params.append(("error", self.error))
         if self.description:
@@ -63,7 +67,7 @@ class Refusal(Exception):
         if resource_metadata:
             # RFC 9728 §5.1: where the client finds which authorization servers to use.
             params.append(("resource_metadata", resource_metadata))
-        return build_challenge("Bearer", params)
+        return build_challenge("DPoP" if self.dpop_algs else "Bearer", params)
 
     def answer(self, realm: str | None = None, resource_metadata: str | None = None) -> Answer:
         headers = {
@@ -91,6 +95,11 @@ class InvalidRequest(Refusal):
 
 class InvalidToken(Refusal):
     error = "invalid_token"
+
+
+class InvalidDPoPProof(Refusal):
+    # RFC 9449 §7.1: the DPoP proof is missing, malformed, replayed or for another request.
+    error = "invalid_dpop_proof"
 
 
 class InsufficientScope(Refusal):

@@ -113,6 +113,14 @@ async def test_protected_resource_metadata_document(peers: Peers, framework: str
         "bearer_methods_supported": ["header"],
         "scopes_supported": ["payments:read", "payments:write", "audit:read"],
         "resource_name": "Payments API",
+        "dpop_signing_alg_values_supported": [
+            "ES256",
+            "ES384",
+            "EdDSA",
+            "Ed25519",
+            "PS256",
+            "RS256",
+        ],
     }
 
 
