@@ -223,8 +223,7 @@ class Guard:
         except dpop.ProofError as exc:
             raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
 
-    @staticmethod
-    def _bound(token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
+    def _bound(self, token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
         cnf = token.claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if jkt is None and proof is None:
@@ -232,10 +231,13 @@ class Guard:
         if proof is None:
             # RFC 9449 §7.2: a bound token presented as a Bearer token is refused; whoever
             # holds it without the key (a thief) gets nothing from it.
-            raise InvalidToken(
+            refusal = InvalidToken(
                 "The access token is DPoP-bound: present it with a DPoP proof",
                 detail="bound token as Bearer",
             )
+            # Answered in DPoP's scheme: that is the only way this token works.
+            refusal.dpop_algs = self._dpop_algs
+            raise refusal
         if not isinstance(jkt, str) or jkt != proof.jkt:
             raise InvalidToken(
                 "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"

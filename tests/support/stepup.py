@@ -205,6 +205,7 @@ class Stepup:
         subject_token: str | None = None,
         *,
         auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
         **fields: str | None,
     ) -> httpx.Response:
         _, challenge = pkce()
@@ -224,6 +225,7 @@ class Stepup:
             "/par",
             data={k: v for k, v in body.items() if v is not None},
             auth=auth or (CLIENT_ID, CLIENT_SECRET),
+            headers=headers,
         )
 
     def open_authorization(
@@ -245,6 +247,7 @@ class Stepup:
         verifier: str,
         subject_token: str | None = None,
         auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
         **fields: str | None,
     ) -> httpx.Response:
         body: dict[str, str | None] = {
@@ -260,6 +263,7 @@ class Stepup:
             "/token",
             data={k: v for k, v in body.items() if v is not None},
             auth=auth or (CLIENT_ID, CLIENT_SECRET),
+            headers=headers,
         )
 
     def introspect(self, token: str, auth: tuple[str, str] = (RS_ID, RS_SECRET)) -> httpx.Response:
@@ -283,7 +287,8 @@ class Stepup:
         (redirect query, code_verifier, totp secret)."""
         verifier, challenge = pkce()
         par_fields.setdefault("code_challenge", challenge)
-        pushed = self.par(self.upstream.token(sub), **par_fields)
+        subject_token = par_fields.pop("subject_token", None) or self.upstream.token(sub)
+        pushed = self.par(subject_token, **par_fields)
         assert pushed.status_code == 201, pushed.text
         page = self.open_authorization(browser, pushed.json()["request_uri"])
         assert page.status_code == 200, page.text
