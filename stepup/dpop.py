@@ -178,7 +178,10 @@ def _public_key(jwk: object) -> ECKey | OKPKey | RSAKey:
             "The DPoP proof's jwk must be a public key", detail=f"private members {private}"
         )
     try:
-        key = import_key(jwk)
+        with warnings.catch_warnings():
+            # joserfc warns of short RSA keys; the size is refused below, one clear refusal.
+            warnings.simplefilter("ignore", SecurityWarning)
+            key = import_key(jwk)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise ProofError("The DPoP proof's jwk is not a usable key", detail=str(exc)) from exc
     if not isinstance(key, ECKey | OKPKey | RSAKey) or key.is_private:
