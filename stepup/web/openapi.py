@@ -40,6 +40,8 @@ _PAR_ERRORS = [
     "invalid_scope",
     "invalid_target",
     "invalid_authorization_details",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
 ]
 _TOKEN_ERRORS = [
     "invalid_request",
@@ -49,6 +51,8 @@ _TOKEN_ERRORS = [
     "unsupported_token_type",
     "invalid_scope",
     "invalid_target",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
 ]
 _INTROSPECT_ERRORS = ["invalid_request"]
 _REVOKE_ERRORS = ["invalid_request", "unauthorized_client", "unsupported_token_type"]
@@ -129,12 +133,12 @@ def _error_schema(codes: list[str]) -> Schema:
     }
 
 
-def _errors(codes: list[str]) -> Schema:
+def _errors(codes: list[str], *, dpop: bool = False) -> Schema:
     """The error answers every authenticated JSON endpoint shares."""
     return {
         "400": {
             "description": "The request is refused (RFC 6749 §5.2).",
-            "headers": _no_store(),
+            "headers": {**_no_store(), **(_dpop_nonce() if dpop else {})},
             "content": _json(_error_schema(codes)),
         },
         "401": {
@@ -154,6 +158,30 @@ def _errors(codes: list[str]) -> Schema:
             "headers": {**_no_store(), **_retry_after()},
             "content": _json(_error_schema(["temporarily_unavailable"])),
         },
+    }
+
+
+def _dpop_header() -> list[Schema]:
+    return [
+        {
+            "name": "DPoP",
+            "in": "header",
+            "required": False,
+            "description": "RFC 9449 §4: a DPoP proof (typ dpop+jwt) for this request; binds "
+            "the elevated token to its key (required when the request is bound to one).",
+            "schema": {"type": "string", "pattern": _COMPACT_JWS},
+        }
+    ]
+
+
+def _dpop_nonce() -> Schema:
+    return {
+        "DPoP-Nonce": {
+            "description": "RFC 9449 §8: the nonce the next DPoP proof must carry (sent while "
+            "the policy requires nonces, and with use_dpop_nonce).",
+            "required": False,
+            "schema": {"type": "string", "pattern": r"^[\x21\x23-\x5B\x5D-\x7E]+$"},
+        }
     }
 
 
@@ -219,7 +247,13 @@ def _par_operation() -> Schema:
         "authorization_details": _string(
             "RFC 9396 JSON array; no types are accepted yet (invalid_authorization_details)."
         ),
-        "dpop_jkt": _string("RFC 9449 §10; DPoP binding is not enabled (invalid_request)."),
+        "dpop_jkt": _optional(
+            _string(
+                "RFC 9449 §10: the SHA-256 JWK thumbprint (RFC 7638) of the key the elevated "
+                "token is to be bound to; must match a DPoP proof sent along.",
+                pattern="^[A-Za-z0-9_-]{43}$",
+            )
+        ),
         **_client_post_credentials(),
     }
     required = [
@@ -235,14 +269,15 @@ def _par_operation() -> Schema:
             "operationId": "pushAuthorizationRequest",
             "summary": "Challenge intake (RFC 9126 shape)",
             "security": CLIENT_AUTH,
+            "parameters": _dpop_header(),
             "requestBody": _form(properties, required),
             "responses": {
                 "201": {
                     "description": "A one-time request_uri for the authorization endpoint.",
-                    "headers": _no_store(),
+                    "headers": {**_no_store(), **_dpop_nonce()},
                     "content": _json(_ref("PushedAuthorizationResponse")),
                 },
-                **_errors(_PAR_ERRORS),
+                **_errors(_PAR_ERRORS, dpop=True),
             },
         }
     }
@@ -270,14 +305,16 @@ def _token_operation() -> Schema:
             "operationId": "exchangeToken",
             "summary": "Token exchange (RFC 8693) for an elevated token",
             "security": CLIENT_AUTH,
+            "parameters": _dpop_header(),
             "requestBody": _form(properties, required),
             "responses": {
                 "200": {
-                    "description": "The elevated token (RFC 8693 §2.2.1).",
-                    "headers": _no_store(),
+                    "description": "The elevated token (RFC 8693 §2.2.1); token_type DPoP "
+                    "and cnf.jkt in the token when a DPoP proof came with the request.",
+                    "headers": {**_no_store(), **_dpop_nonce()},
                     "content": _json(_ref("TokenResponse")),
                 },
-                **_errors(_TOKEN_ERRORS),
+                **_errors(_TOKEN_ERRORS, dpop=True),
             },
         }
     }
