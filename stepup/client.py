@@ -6,6 +6,11 @@ challenge to stepup (RFC 9126), hands the browser URL to the app, checks the red
 (`state`, RFC 9207 `iss`), exchanges the code (RFC 8693) and retries the request once with
 the elevated token E. `LoopbackRedirect` is the browser half for command-line apps (RFC 8252).
 
+Given a `dpop_key`, it proves possession of that key (RFC 9449) at every step: a proof at the
+pushed request (binding the step-up to the key from the start), at the token endpoint (the
+elevated token comes back DPoP-bound) and with each API call (`Authorization: DPoP`, `ath`);
+a `use_dpop_nonce` answer is retried once with the server's nonce.
+
 It lives beside the package, not in `stepup.resource`: client apps import it, resource
 servers do not, and it needs nothing but httpx.
 """
@@ -17,19 +22,24 @@ import hashlib
 import hmac
 import http.server
 import inspect
+import json
 import queue
 import secrets
 import threading
+import time
 import webbrowser
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
+from joserfc import jws
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from stepup.config import TOKEN_TYPE_ACCESS_TOKEN
+from stepup.dpop import access_token_hash
 from stepup.protocol.challenge import (
     ChallengeSyntaxError,
     parse_www_authenticate,
@@ -81,10 +91,92 @@ def asks_for_step_up(response: httpx.Response) -> str | None:
     return header if error == wanted[response.status_code] else None
 
 
+DPoPKey = ECKey | OKPKey | RSAKey
+_DPOP_ALGORITHMS = {"EC": "ES256", "OKP": "Ed25519", "RSA": "PS256"}
+
+
+class DPoPSigner:
+    """Signs DPoP proofs (RFC 9449 §4.2) with one private key and remembers each server's
+    latest nonce (§8: a nonce is per server, taken from any of its answers)."""
+
+    def __init__(self, key: DPoPKey, clock: Callable[[], float] = time.time) -> None:
+        if not key.is_private:
+            raise ValueError("a DPoP key must be a private key")
+        self.key = key
+        self.algorithm = _DPOP_ALGORITHMS[key.key_type]
+        self.jkt = str(key.thumbprint())
+        self._public = dict(key.as_dict(private=False))
+        self._clock = clock
+        self._nonces: dict[str, str] = {}
+
+    def proof(self, method: str, url: str, access_token: str | None = None) -> str:
+        parts = urlsplit(url)
+        claims: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "htm": method,
+            "htu": urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+            "iat": int(self._clock()),
+        }
+        nonce = self._nonces.get(_origin(url))
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if access_token is not None:
+            claims["ath"] = access_token_hash(access_token)
+        header = {"typ": "dpop+jwt", "alg": self.algorithm, "jwk": self._public}
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        return jws.serialize_compact(header, payload, self.key, algorithms=[self.algorithm])
+
+    def remember(self, url: str, response: httpx.Response) -> bool:
+        """Keep the server's DPoP-Nonce; True if the answer asks for a retry with it."""
+        nonce = response.headers.get("dpop-nonce")
+        if nonce:
+            self._nonces[_origin(url)] = nonce
+        return bool(nonce) and _asks_for_nonce(response)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _asks_for_nonce(response: httpx.Response) -> bool:
+    # RFC 9449 §8 (an authorization server: a 400 JSON error) and §9 (a resource server:
+    # a 401 DPoP challenge with error="use_dpop_nonce").
+    if response.status_code == 400 and response.is_stream_consumed:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            return False
+        return isinstance(body, dict) and body.get("error") == "use_dpop_nonce"
+    if response.status_code == 401:
+        try:
+            return (
+                step_up_requirement(
+                    parse_www_authenticate(response.headers.get("www-authenticate", ""))
+                ).error
+                == "use_dpop_nonce"
+            )
+        except ChallengeSyntaxError:
+            return False
+    return False
+
+
+def _is_dpop_bound(token: str) -> bool:
+    """Whether a JWT names a key it is bound to (cnf.jkt). Read without verifying: it is
+    this client's own token, and only decides how to present it."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return False
+    return isinstance(claims, dict) and isinstance(claims.get("cnf"), dict)
+
+
 class StepUpAuth(httpx.Auth):
     """`httpx.Client(auth=StepUpAuth(...))`. `subject_token` is B (or a callable giving the
     current B); `authorize` takes a `BrowserStep` and returns the redirect's parameters
-    (it may be async for an `AsyncClient`)."""
+    (it may be async for an `AsyncClient`). `dpop_key`: a private JWK (joserfc key) to
+    prove possession with (RFC 9449); B is presented with DPoP when it is bound (cnf)."""
 
     requires_request_body = True  # the original request is sent again after the step-up
 
@@ -99,7 +191,10 @@ class StepUpAuth(httpx.Auth):
         redirect_uri: str,
         authorize: Authorize,
         subject_token_type: str = TOKEN_TYPE_ACCESS_TOKEN,
+        dpop_key: DPoPKey | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.dpop = DPoPSigner(dpop_key, clock) if dpop_key is not None else None
         self.issuer = issuer
         self.client_id = client_id
         self._secret = client_secret
@@ -159,8 +254,8 @@ class StepUpAuth(httpx.Auth):
 
     def _flow(self, request: httpx.Request) -> Generator[_Send | BrowserStep, Any, None]:
         subject_token = self.subject_token()
-        request.headers["Authorization"] = f"Bearer {subject_token}"
-        response: httpx.Response = yield _Send(request, read=False)
+        bound = self.dpop is not None and _is_dpop_bound(subject_token)
+        response: httpx.Response = yield from self._call(request, subject_token, bound)
         challenge = asks_for_step_up(response)
         if challenge is None:
             return
@@ -174,8 +269,9 @@ class StepUpAuth(httpx.Auth):
         verifier = secrets.token_urlsafe(48)
         digest = hashlib.sha256(verifier.encode("ascii")).digest()
         state = secrets.token_urlsafe(24)
-        pushed: httpx.Response = yield _Send(
-            self._post(
+        pushed: httpx.Response = yield from self._send_proven(
+            pushed_endpoint,
+            lambda: self._post(
                 pushed_endpoint,
                 {
                     "subject_token": subject_token,
@@ -187,7 +283,7 @@ class StepUpAuth(httpx.Auth):
                     "code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
                     "code_challenge_method": "S256",
                 },
-            )
+            ),
         )
         request_uri = _json(pushed, 201).get("request_uri")
         if not isinstance(request_uri, str):
@@ -196,8 +292,9 @@ class StepUpAuth(httpx.Auth):
         returned = yield BrowserStep(url, state, self.issuer, self.redirect_uri)
         code = check_redirect(returned, state, self.issuer)
 
-        exchanged: httpx.Response = yield _Send(
-            self._post(
+        exchanged: httpx.Response = yield from self._send_proven(
+            token_endpoint,
+            lambda: self._post(
                 token_endpoint,
                 {
                     "grant_type": TOKEN_EXCHANGE,
@@ -208,16 +305,51 @@ class StepUpAuth(httpx.Auth):
                     "resource": self.resource,
                     "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN,
                 },
-            )
+            ),
         )
         token = _json(exchanged, 200)
         access_token = token.get("access_token")
-        if not isinstance(access_token, str) or token.get("token_type") != "Bearer":
-            raise StepUpError("stepup answered the exchange without a Bearer access_token")
+        token_type = "DPoP" if self.dpop is not None else "Bearer"
+        if not isinstance(access_token, str) or token.get("token_type") != token_type:
+            raise StepUpError(f"stepup answered the exchange without a {token_type} access_token")
         self.last_token = token
         # Once: a second challenge is the API's last word, not a reason to loop.
-        request.headers["Authorization"] = f"Bearer {access_token}"
-        yield _Send(request, read=False)
+        yield from self._call(request, access_token, self.dpop is not None)
+
+    def _call(
+        self, request: httpx.Request, token: str, dpop: bool
+    ) -> Generator[_Send, httpx.Response, httpx.Response]:
+        """The API request with `token`: Bearer, or DPoP with a fresh proof (retried once
+        when the API asks for its nonce)."""
+        if not dpop or self.dpop is None:
+            request.headers["Authorization"] = f"Bearer {token}"
+            response: httpx.Response = yield _Send(request, read=False)
+            return response
+        signer = self.dpop
+        url = str(request.url)
+        for attempt in range(2):
+            request.headers["Authorization"] = f"DPoP {token}"
+            request.headers["DPoP"] = signer.proof(request.method, url, token)
+            # Not read: the API's answer is the app's, maybe streamed; a resource server's
+            # nonce request is in its headers (RFC 9449 §9).
+            response = yield _Send(request, read=False)
+            if not (attempt == 0 and signer.remember(url, response)):
+                return response
+        return response
+
+    def _send_proven(
+        self, url: str, build: Callable[[], httpx.Request]
+    ) -> Generator[_Send, httpx.Response, httpx.Response]:
+        """A request to stepup, with a DPoP proof when there is a key; once more with the
+        nonce if stepup asks for one (RFC 9449 §8)."""
+        for attempt in range(2):
+            outgoing = build()
+            if self.dpop is not None:
+                outgoing.headers["DPoP"] = self.dpop.proof("POST", url)
+            response: httpx.Response = yield _Send(outgoing)
+            if self.dpop is None or not self.dpop.remember(url, response) or attempt:
+                return response
+        return response
 
     def _metadata(self) -> Generator[_Send, httpx.Response, dict[str, Any]]:
         response = yield _Send(

@@ -54,6 +54,9 @@ class ProtectedResource:
     dpop_bound_access_tokens_required: bool = False
     dpop_iat_window: int = 60
     dpop_replay_cache_size: int = 65_536
+    # The origin (scheme://host[:port]) clients call this API at, which proofs name in `htu`;
+    # by default the origin of `resource`. Never taken from the request's Host header.
+    dpop_origin: str | None = None
 
     @property
     def metadata_path(self) -> str:
@@ -85,7 +88,7 @@ class ProtectedResource:
     def request_uri(self, path: str) -> str:
         """The URI a DPoP proof's `htu` must name for a request to `path`: this resource's
         public origin (its identifier, RFC 9728), not the Host header a proxy passed on."""
-        parts = urlsplit(self.resource)
+        parts = urlsplit(self.dpop_origin or self.resource)
         return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
