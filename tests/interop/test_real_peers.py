@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from stepup.client import BrowserStep, StepUpAuth
 from stepup.resource import Guard, ProtectedResource, TrustedIssuer
 from stepup.storage.embedded import EmbeddedRedis
 from tests.resource.apps import starlette_app
+from tests.support.dpop import DPoPKey
 from tests.support.node_peers import (
     jose_verify,
     node_with_peers,
@@ -62,7 +64,7 @@ class Peers:
     idp: str
     stepup: Stepup
 
-    def user_token(self, sub: str = "alice") -> str:
+    def user_token(self, sub: str = "alice", dpop_key: DPoPKey | None = None) -> str:
         body = sign_in_at_oidc_provider(
             self.idp,
             sub=sub,
@@ -70,6 +72,10 @@ class Peers:
             client_secret=IDP_CLIENT_SECRET,
             redirect_uri=IDP_REDIRECT,
             api=API,
+            # oidc-provider checks iat against the real time, not stepup's frozen clock.
+            dpop=(lambda url: dpop_key.proof("POST", url, iat=time.time()))
+            if dpop_key is not None
+            else None,
         )
         token: str = body["access_token"]
         return token
@@ -151,6 +157,34 @@ def elevate(peers: Peers, subject_token: str) -> str:
     assert exchanged.status_code == 200, exchanged.text
     token: str = exchanged.json()["access_token"]
     return token
+
+
+def test_a_user_token_bound_by_oidc_provider_is_exchanged_only_with_its_key(
+    fresh: Peers,
+) -> None:
+    key, thief = DPoPKey(), DPoPKey()
+    b = fresh.user_token(dpop_key=key)
+    assert claims_of(b)["cnf"] == {"jkt": key.jkt}  # oidc-provider's thumbprint, RFC 7638
+    stepup = fresh.stepup
+    verifier, challenge = pkce()
+    pushed = stepup.par(b, code_challenge=challenge)
+    assert pushed.status_code == 201, pushed.text
+    location = fresh.approve(
+        f"{stepup.url}/authorize?client_id={CLIENT_ID}&request_uri={pushed.json()['request_uri']}"
+    )
+    code = parse_qs(urlsplit(location).query)["code"][0]
+
+    def proof(by: DPoPKey) -> dict[str, str]:
+        return {"DPoP": by.proof("POST", stepup.url + "/token", iat=stepup.clock.now())}
+
+    assert stepup.token(code, verifier, b).json()["error"] == "invalid_dpop_proof"
+    assert stepup.token(code, verifier, b, headers=proof(thief)).json()["error"] == (
+        "invalid_dpop_proof"
+    )
+    exchanged = stepup.token(code, verifier, b, headers=proof(key))
+    assert exchanged.status_code == 200, exchanged.text
+    assert exchanged.json()["token_type"] == "DPoP"
+    assert claims_of(exchanged.json()["access_token"])["cnf"] == {"jkt": key.jkt}
 
 
 def test_oidc_provider_issues_a_jwt_user_token(fresh: Peers) -> None:

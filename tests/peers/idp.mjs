@@ -30,6 +30,8 @@ server.listen(0, '127.0.0.1', () => {
     findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
     features: {
       devInteractions: { enabled: true },
+      // RFC 9449: a token request with a DPoP proof gets an access token bound to its key.
+      dPoP: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => api,

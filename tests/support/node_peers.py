@@ -6,7 +6,7 @@ import json
 import re
 import select
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,11 @@ def sign_in_at_oidc_provider(
     client_secret: str,
     redirect_uri: str,
     api: str,
+    dpop: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """A user signs in through oidc-provider's own pages (authorization code + PKCE, RFC 8707
-    resource); the client redeems the code. Returns the token response."""
+    resource); the client redeems the code, with the DPoP proof `dpop(token_endpoint)` gives
+    if any (RFC 9449: the access token comes back bound, cnf.jkt). Returns the token response."""
     verifier, challenge = pkce()
     with httpx.Client(base_url=issuer, follow_redirects=False, timeout=10) as browser:
         response = browser.get(
@@ -114,6 +116,7 @@ def sign_in_at_oidc_provider(
             "resource": api,
         },
         auth=(client_id, client_secret),
+        headers={"DPoP": dpop(issuer + "/token")} if dpop is not None else None,
         timeout=10,
     )
     assert token.status_code == 200, token.text
