@@ -11,6 +11,7 @@ import pytest
 
 from stepup.clock import FrozenClock
 from tests.support.cli import stepup_cli
+from tests.support.dpop import DPoPKey
 from tests.support.ops import admin, cli_policy, sample, scrape, wait_until
 from tests.support.redis_cluster import redis_cluster
 from tests.support.stepup import ISSUER_UPSTREAM, Stepup, Upstream, make_config, running_stepup
@@ -74,6 +75,20 @@ def test_single_use_and_revocation_on_a_cluster(on_cluster: Stepup) -> None:
     assert on_cluster.introspect(token).json()["active"] is True
     assert on_cluster.introspect(token).json() == {"active": False}
     assert on_cluster.revoke(token).status_code == 200
+
+
+def test_dpop_proofs_are_claimed_once_on_a_cluster(on_cluster: Stepup) -> None:
+    # One key per proof (no hash tag needed): SET NX EX works on whichever master owns it.
+    key = DPoPKey()
+    with on_cluster.browser() as browser:
+        query, verifier, _ = on_cluster.step_up(browser, sub="dpop-user")
+    proof = {"DPoP": key.proof("POST", "http://localhost:8000/token", iat=on_cluster.clock.now())}
+    subject_token = on_cluster.upstream.token("dpop-user")
+    issued = on_cluster.token(query["code"][0], verifier, subject_token, headers=proof)
+    assert issued.status_code == 200, issued.text
+    assert on_cluster.introspect(issued.json()["access_token"]).json()["cnf"] == {"jkt": key.jkt}
+    replayed = on_cluster.token(query["code"][0], verifier, subject_token, headers=proof)
+    assert replayed.json()["error"] == "invalid_dpop_proof"
 
 
 def test_operations_on_a_cluster(on_cluster: Stepup, cluster_url: str, tmp_path: Path) -> None:
