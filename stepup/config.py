@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stepup.details import DetailType, read_types
+
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 
@@ -201,6 +203,8 @@ class Config:
     factors: Factors = field(default_factory=Factors)
     audit: AuditSettings = field(default_factory=AuditSettings)
     operator: Operator = field(default_factory=Operator)
+    # RFC 9396 types clients may send, by name; none: authorization_details is refused.
+    authorization_details: Mapping[str, DetailType] = field(default_factory=dict)
 
     @property
     def relying_party(self) -> WebAuthn:
@@ -361,6 +365,7 @@ class _Reader:
                 "audit",
                 "admin",
                 "metrics",
+                "authorization_details",
             },
             "policy",
         )
@@ -409,6 +414,12 @@ class _Reader:
         audit = self.audit(self.table(raw, "audit", "policy"), environ)
         operator = self.operator(raw)
         self.operator_separation(operator, clients, servers)
+        detail_types = read_types(
+            self.table(raw, "authorization_details", "policy"),
+            self.problem,
+            list(scopes),
+            list(clients),
+        )
         if self.problems or not issuer:
             return None
         return Config(
@@ -426,6 +437,7 @@ class _Reader:
             factors=factors,
             audit=audit,
             operator=operator,
+            authorization_details=detail_types,
         )
 
     def check_issuer(self, issuer: str) -> None:
