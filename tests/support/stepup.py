@@ -170,14 +170,18 @@ DETAIL_TYPES: dict[str, Any] = {
         "required": ["instructedAmount", "creditorName"],
         "fields": {
             "creditorName": {"kind": "string", "max_length": 70, "label": "Payee"},
-            "remittanceInformationUnstructured": {"kind": "string", "max_length": 140},
+            "remittanceInformationUnstructured": {
+                "kind": "string",
+                "max_length": 140,
+                "label": "Reference",
+            },
             "actions": {"kind": "strings", "enum": ["initiate", "status"]},
             "locations": {"kind": "strings"},
             "instructedAmount": {
                 "kind": "object",
                 "required": ["amount", "currency"],
                 "fields": {
-                    "amount": {"kind": "decimal", "scale": 2, "max": "10000.00"},
+                    "amount": {"kind": "decimal", "scale": 2, "max": "10000.00", "label": "Amount"},
                     "currency": {"kind": "currency", "enum": ["EUR", "USD"]},
                 },
             },

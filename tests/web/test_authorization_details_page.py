@@ -68,8 +68,10 @@ def test_optional_fields_are_shown_too(stepup: Stepup) -> None:
     with stepup.browser() as browser:
         page = open_page(stepup, browser, [detail])
     text = text_of(page.text)
-    assert "remittanceInformationUnstructured Invoice 42" in text
-    assert "actions initiate" in text
+    assert "Reference Invoice 42" in text  # the policy's label
+    assert "actions initiate" in text  # no label: the field's name
+    assert "Amount 500.00" in text
+    assert "instructedAmount currency EUR" in text  # nested, no label: the path
 
 
 def test_a_transaction_bound_request_never_reuses_a_recent_step_up(stepup: Stepup) -> None:
