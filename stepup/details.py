@@ -280,7 +280,7 @@ def parse(
     if not isinstance(value, list) or not value:
         raise InvalidAuthorizationDetails("authorization_details must be a non-empty JSON array")
     if len(value) > MAX_DETAILS:
-        raise InvalidAuthorizationDetails(f"at most {MAX_DETAILS} authorization details")
+        raise InvalidAuthorizationDetails(f"authorization_details holds more than {MAX_DETAILS}")
     details: list[dict[str, Any]] = []
     for index, detail in enumerate(value):
         where = f"authorization_details[{index}]"
