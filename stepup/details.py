@@ -395,12 +395,16 @@ def _within(
         if name == "type":
             continue
         spec, granted = fields[name], approved[name]
+        if type(value) is not type(granted):
+            # The policy changed since the approval: only an identical detail still passes.
+            return False
         if spec.kind == "strings":
             ok = set(value) <= set(granted)
         elif spec.kind == "object":
             ok = _within(value, granted, spec.fields)
         elif spec.kind == "decimal":
-            ok = Decimal(value) == Decimal(granted)
+            amount = _decimal(value)
+            ok = value == granted or (amount is not None and amount == _decimal(granted))
         else:
             ok = value == granted
         if not ok:
@@ -456,10 +460,12 @@ def _rows(
             continue
         label = spec.label or prefix + name
         item = value[name]
-        if spec.kind == "object":
+        if spec.kind == "object" and isinstance(item, dict):
             rows.extend(_rows(item, spec.fields, f"{label} "))
-        elif spec.kind == "strings":
-            rows.append((label, ", ".join(item)))
-        else:
-            rows.append((label, str(item)))
+        elif spec.kind == "strings" and isinstance(item, list):
+            rows.append((label, ", ".join(map(str, item))))
+        elif isinstance(item, str):
+            rows.append((label, item))
+        else:  # only if the policy changed since intake: show it as it is
+            rows.append((label, json.dumps(item, ensure_ascii=False)))
     return rows
