@@ -3,7 +3,9 @@
 It is protected with the toolkit (`stepup.resource`) like any API would be: the user's
 upstream token B is verified locally with the IdP's published keys (found through
 discovery); a payment needs an elevated token E, checked by RFC 7662 introspection at stepup
-(revocation bites at once) and good for one payment.
+(revocation bites at once), good for one request, and approved for this very payment: its
+RFC 9396 `payment_initiation` details must name the amount, currency and payee
+(`require_detail`), else the answer is a 403 challenge for a new approval.
 """
 
 from __future__ import annotations
