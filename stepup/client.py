@@ -1,7 +1,8 @@
 """The client side of the loop, for apps that call a protected API with httpx.
 
 `StepUpAuth` is an `httpx.Auth`: it sends the user's token B; when the API answers with a
-step-up challenge (RFC 9470 §3 401, or RFC 6750 §3.1 403 insufficient_scope) it pushes the raw
+step-up challenge (RFC 9470 §3 401, RFC 6750 §3.1 403 insufficient_scope, or the toolkit's 403
+insufficient_authorization_details) it pushes the raw
 challenge to stepup (RFC 9126), hands the browser URL to the app, checks the redirect
 (`state`, RFC 9207 `iss`), exchanges the code (RFC 8693) and retries the request once with
 the elevated token E. `LoopbackRedirect` is the browser half for command-line apps (RFC 8252).
@@ -28,7 +29,7 @@ import secrets
 import threading
 import time
 import webbrowser
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -87,8 +88,13 @@ def asks_for_step_up(response: httpx.Response) -> str | None:
         error = step_up_requirement(parse_www_authenticate(header)).error
     except ChallengeSyntaxError:
         return None
-    wanted = {401: "insufficient_user_authentication", 403: "insufficient_scope"}
-    return header if error == wanted[response.status_code] else None
+    wanted = {
+        (401, "insufficient_user_authentication"),
+        (403, "insufficient_scope"),
+        # stepup.resource.require_detail: the token was approved for another transaction.
+        (403, "insufficient_authorization_details"),
+    }
+    return header if (response.status_code, error) in wanted else None
 
 
 DPoPKey = ECKey | OKPKey | RSAKey
@@ -176,7 +182,9 @@ class StepUpAuth(httpx.Auth):
     """`httpx.Client(auth=StepUpAuth(...))`. `subject_token` is B (or a callable giving the
     current B); `authorize` takes a `BrowserStep` and returns the redirect's parameters
     (it may be async for an `AsyncClient`). `dpop_key`: a private JWK (joserfc key) to
-    prove possession with (RFC 9449); B is presented with DPoP when it is bound (cnf)."""
+    prove possession with (RFC 9449); B is presented with DPoP when it is bound (cnf).
+    `authorization_details`, if given, describes the transaction a request is (RFC 9396
+    objects, or None): stepup shows it to the user and binds the elevated token to it."""
 
     requires_request_body = True  # the original request is sent again after the step-up
 
@@ -193,6 +201,8 @@ class StepUpAuth(httpx.Auth):
         subject_token_type: str = TOKEN_TYPE_ACCESS_TOKEN,
         dpop_key: DPoPKey | None = None,
         clock: Callable[[], float] = time.time,
+        authorization_details: Callable[[httpx.Request], Sequence[Mapping[str, Any]] | None]
+        | None = None,
     ) -> None:
         self.dpop = DPoPSigner(dpop_key, clock) if dpop_key is not None else None
         self.issuer = issuer
@@ -203,6 +213,7 @@ class StepUpAuth(httpx.Auth):
         self.resource = resource
         self.redirect_uri = redirect_uri
         self.authorize = authorize
+        self.authorization_details = authorization_details
         self.metadata: dict[str, Any] | None = None
         self.last_token: dict[str, Any] | None = None
 
@@ -269,21 +280,21 @@ class StepUpAuth(httpx.Auth):
         verifier = secrets.token_urlsafe(48)
         digest = hashlib.sha256(verifier.encode("ascii")).digest()
         state = secrets.token_urlsafe(24)
+        form = {
+            "subject_token": subject_token,
+            "subject_token_type": self.subject_token_type,
+            "challenge": challenge,
+            "resource": self.resource,
+            "redirect_uri": self.redirect_uri,
+            "state": state,
+            "code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+            "code_challenge_method": "S256",
+        }
+        details = self.authorization_details(request) if self.authorization_details else None
+        if details:
+            form["authorization_details"] = json.dumps(list(details))
         pushed: httpx.Response = yield from self._send_proven(
-            pushed_endpoint,
-            lambda: self._post(
-                pushed_endpoint,
-                {
-                    "subject_token": subject_token,
-                    "subject_token_type": self.subject_token_type,
-                    "challenge": challenge,
-                    "resource": self.resource,
-                    "redirect_uri": self.redirect_uri,
-                    "state": state,
-                    "code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
-                    "code_challenge_method": "S256",
-                },
-            ),
+            pushed_endpoint, lambda: self._post(pushed_endpoint, form)
         )
         request_uri = _json(pushed, 201).get("request_uri")
         if not isinstance(request_uri, str):

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stepup.details import DetailType, read_types
+
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 
@@ -217,6 +219,8 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     operator: Operator = field(default_factory=Operator)
     dpop: DPoP = field(default_factory=DPoP)
+    # RFC 9396 types clients may send, by name; none: authorization_details is refused.
+    authorization_details: Mapping[str, DetailType] = field(default_factory=dict)
 
     @property
     def relying_party(self) -> WebAuthn:
@@ -378,6 +382,7 @@ class _Reader:
                 "admin",
                 "metrics",
                 "dpop",
+                "authorization_details",
             },
             "policy",
         )
@@ -427,6 +432,12 @@ class _Reader:
         operator = self.operator(raw)
         self.operator_separation(operator, clients, servers)
         dpop = self.dpop(self.table(raw, "dpop", "policy"))
+        detail_types = read_types(
+            self.table(raw, "authorization_details", "policy"),
+            self.problem,
+            list(scopes),
+            list(clients),
+        )
         if self.problems or not issuer:
             return None
         return Config(
@@ -445,6 +456,7 @@ class _Reader:
             audit=audit,
             operator=operator,
             dpop=dpop,
+            authorization_details=detail_types,
         )
 
     def check_issuer(self, issuer: str) -> None:

@@ -3,7 +3,9 @@
 It is protected with the toolkit (`stepup.resource`) like any API would be: the user's
 upstream token B is verified locally with the IdP's published keys (found through
 discovery); a payment needs an elevated token E, checked by RFC 7662 introspection at stepup
-(revocation bites at once) and good for one payment.
+(revocation bites at once), good for one request, and approved for this very payment: its
+RFC 9396 `payment_initiation` details must name the amount, currency and payee
+(`require_detail`), else the answer is a 403 challenge for a new approval.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from stepup.clock import Clock, SystemClock
-from stepup.demo.policy import PAYMENTS_READ, PAYMENTS_WRITE, DemoSettings
+from stepup.demo.policy import (
+    MAX_AMOUNT,
+    MAX_PAYEE_LENGTH,
+    PAYMENT_DETAILS_TYPE,
+    PAYMENTS_READ,
+    PAYMENTS_WRITE,
+    DemoSettings,
+)
 from stepup.resource import (
     AccessToken,
     Guard,
@@ -33,19 +42,16 @@ from stepup.resource import (
     StepUpMiddleware,
     TrustedIssuer,
     access_token,
+    require_detail,
     requires,
 )
 
 log = logging.getLogger(__name__)
 
 OPENING_BALANCE = Decimal("1250.00")
-MAX_AMOUNT = Decimal("10000.00")
-MAX_PAYEE_LENGTH = 70
 # The demo IdP's clock and ours are the same machine's, but a real RS allows some skew.
 LEEWAY = 30
 REALM = "Demo payments API"
-# RFC 9396 type the demo client uses to approve one payment (the RFC's own example type).
-PAYMENT_DETAILS_TYPE = "payment_initiation"
 
 
 def create_payments_api(
@@ -74,7 +80,6 @@ def create_payments_api(
         clock=clock,
         http=http,
     )
-    api = _PaymentsApi(settings, clock or SystemClock())
     read = Requirement(PAYMENTS_READ)
     # Introspected (a revoked approval stops at once) and single use: one approval, one payment.
     write = Requirement(
@@ -85,6 +90,7 @@ def create_payments_api(
         single_use=True,
         description="A stronger authentication is required to send a payment",
     )
+    api = _PaymentsApi(settings, clock or SystemClock(), write)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,9 +151,10 @@ class _Payment:
 
 
 class _PaymentsApi:
-    def __init__(self, settings: DemoSettings, clock: Clock) -> None:
+    def __init__(self, settings: DemoSettings, clock: Clock, write: Requirement) -> None:
         self.settings = settings
         self.clock = clock
+        self.write = write
         self.accounts: dict[str, Decimal] = {}
         self.payments: list[_Payment] = []
 
@@ -184,30 +191,16 @@ class _PaymentsApi:
         )
 
     def _check_transaction(self, caller: AccessToken, amount: Decimal, payee: str) -> None:
-        # RFC 9396: an elevation approved for one transaction is good for that one only.
-        details = caller.claims.get("authorization_details")
-        if not isinstance(details, list):
-            return
-        approved = [
-            d for d in details if isinstance(d, dict) and d.get("type") == PAYMENT_DETAILS_TYPE
-        ]
-        if not approved:
-            return
-        for detail in approved:
-            instructed = detail.get("instructedAmount")
-            if not isinstance(instructed, dict):
-                continue
-            try:
-                approved_amount = Decimal(str(instructed.get("amount")))
-            except InvalidOperation:
-                continue
-            if (
-                approved_amount == amount
-                and instructed.get("currency") == self.settings.currency
-                and detail.get("creditorName") == payee
-            ):
-                return
-        raise _Refusal(403, "payment_not_approved", "This payment is not the one that was approved")
+        # RFC 9396: the elevation was approved for one payment (amount, currency, payee) and
+        # is good for that one only; any other is answered with a challenge for a new one.
+        require_detail(
+            caller,
+            PAYMENT_DETAILS_TYPE,
+            requirement=self.write,
+            description="This payment is not the one that was approved",
+            instructedAmount={"amount": amount, "currency": self.settings.currency},
+            creditorName=payee,
+        )
 
     def _pay(self, caller: AccessToken, amount: Decimal, payee: str) -> _Payment:
         now = int(self.clock.now())

@@ -35,9 +35,14 @@ from starlette.types import ASGIApp
 
 from stepup.clock import Clock, SystemClock
 from stepup.config import TOKEN_TYPE_ACCESS_TOKEN
-from stepup.demo.api import PAYMENT_DETAILS_TYPE, create_payments_api, parse_amount, parse_payee
+from stepup.demo.api import create_payments_api, parse_amount, parse_payee
 from stepup.demo.idp import create_idp_app, issue_access_token
-from stepup.demo.policy import PAYMENTS_WRITE, DemoSettings, load_or_create_idp_key
+from stepup.demo.policy import (
+    PAYMENT_DETAILS_TYPE,
+    PAYMENTS_WRITE,
+    DemoSettings,
+    load_or_create_idp_key,
+)
 from stepup.protocol.challenge import (
     ChallengeSyntaxError,
     parse_www_authenticate,
@@ -593,10 +598,12 @@ def _asks_for_step_up(response: httpx.Response) -> bool:
         error = step_up_requirement(parse_www_authenticate(header)).error
     except ChallengeSyntaxError:
         return False
-    # RFC 9470 §3 (401) and RFC 6750 §3.1 (403): both are answered by stepping up.
+    # RFC 9470 §3 (401) and RFC 6750 §3.1 (403): both are answered by stepping up; so is a
+    # token approved for another payment (stepup.resource.InsufficientAuthorizationDetails).
     return (response.status_code, error) in (
         (401, "insufficient_user_authentication"),
         (403, "insufficient_scope"),
+        (403, "insufficient_authorization_details"),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from joserfc.jwk import ECKey
@@ -24,6 +25,11 @@ DEMO_RESOURCE_SERVER_SECRET = "payments-api-secret-for-localhost-only-9b7e41d5"
 
 PAYMENTS_READ = "payments:read"
 PAYMENTS_WRITE = "payments:write"
+# RFC 9396 type the demo bank sends to approve one payment (the RFC's own example type).
+PAYMENT_DETAILS_TYPE = "payment_initiation"
+# What the payments API accepts; the policy's payment_initiation type says the same.
+MAX_AMOUNT = Decimal("10000.00")
+MAX_PAYEE_LENGTH = 70
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,25 @@ acr = {q(s.payment_acr)}
 description = "Send payments from your account"
 max_age = {s.payment_max_age}
 token_lifetime = 300
+
+# RFC 9396: the bank sends the payment itself; stepup shows it and binds the elevation to it.
+[authorization_details.{q(PAYMENT_DETAILS_TYPE)}]
+description = "Pay {{instructedAmount.amount}} {{instructedAmount.currency}} to {{creditorName}}"
+scopes = {_toml_strings([PAYMENTS_WRITE])}
+clients = {_toml_strings([s.client_id])}
+required = ["instructedAmount", "creditorName"]
+
+[authorization_details.{q(PAYMENT_DETAILS_TYPE)}.fields]
+creditorName = {{ kind = "string", max_length = {MAX_PAYEE_LENGTH}, label = "Payee" }}
+remittanceInformationUnstructured = {{ kind = "string", max_length = 140, label = "Reference" }}
+actions = {{ kind = "strings", enum = ["initiate"] }}
+locations = {{ kind = "strings" }}
+
+[authorization_details.{q(PAYMENT_DETAILS_TYPE)}.fields.instructedAmount]
+kind = "object"
+required = ["amount", "currency"]
+fields.amount = {{ kind = "decimal", scale = 2, max = {q(str(MAX_AMOUNT))}, label = "Amount" }}
+fields.currency = {{ kind = "currency", enum = {_toml_strings([s.currency])}, label = "Currency" }}
 """
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from stepup import details
 from stepup.config import Level
 from stepup.factors import totp, webauthn
 from stepup.factors.verify import Attempt
@@ -140,6 +141,10 @@ async def _interaction(services: Services, key: str) -> Interaction | None:
 
 async def _recent(services: Services, request: PendingRequest, now: int) -> RecentStepUp | None:
     if request.max_age <= 0:
+        return None
+    if request.authorization_details:
+        # Dynamic linking (PSD2 RTS Art. 5): the user approves *this* transaction with a
+        # proof made while it was shown, never with one made for something else earlier.
         return None
     for recent in await services.store.recent_stepups(request.subject_key, request.client_id):
         if services.policy.stronger_or_equal(recent.acr, request.acr) and (
@@ -387,6 +392,10 @@ async def _context(services: Services, interaction: Interaction) -> dict[str, An
         "level": level.description or level.uri,
         "mode": interaction.mode,
         "csrf": interaction.csrf,
+        "details": [
+            details.describe(detail, config.authorization_details)
+            for detail in request.authorization_details or ()
+        ],
     }
     if interaction.mode == "enrol":
         context["offer"] = {"passkey_setup": _takes(services, level, "webauthn")}

@@ -64,6 +64,9 @@ async def introspect(
         "amr": elevation.amr,
         "auth_time": elevation.auth_time,
     }
+    if elevation.single_use:
+        # This answer is the token's one use: a resource server must not cache it.
+        body["single_use"] = True
     if elevation.cnf_jkt:
         body["cnf"] = {"jkt": elevation.cnf_jkt}
     if elevation.authorization_details:

@@ -47,4 +47,7 @@ def metadata(config: Config, signing: SigningKeys) -> dict[str, Any]:
             "dpop_signing_alg_values_supported": list(config.dpop.algorithms),
         }
     )
+    if config.authorization_details:
+        # RFC 9396 §10: only the types this policy defines (absent when none is).
+        document["authorization_details_types_supported"] = sorted(config.authorization_details)
     return document

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from stepup import details
 from stepup.config import Client
 from stepup.dpop import is_thumbprint
 from stepup.errors import (
@@ -57,8 +58,6 @@ async def push(
     dpop_jkt = form.get("dpop_jkt")
     if dpop_jkt is not None and not is_thumbprint(dpop_jkt):
         raise InvalidRequest("dpop_jkt must be a base64url SHA-256 JWK thumbprint (RFC 7638)")
-    if form.get("authorization_details"):
-        raise InvalidAuthorizationDetails("no authorization_details types are accepted here")
 
     subject = await services.subjects.validate(
         form.get("subject_token"), form.get("subject_token_type"), client
@@ -71,6 +70,7 @@ async def push(
         if scope not in client.scopes or scope not in services.config.scopes:
             raise InvalidScope(f"scope '{scope}' may not be elevated to by this client")
     resource = _resource(form, client, services, scopes)
+    authorization_details = _authorization_details(form, client, services, scopes, resource)
     level = services.policy.level_for(scopes, acr_values)
     now = services.now()
     request = PendingRequest(
@@ -87,6 +87,7 @@ async def push(
         acr=level.uri,
         max_age=services.policy.max_age_for(scopes, max_age),
         created_at=now,
+        authorization_details=authorization_details,
         dpop_jkt=dpop_jkt,
     )
     request_id = secrets.token_urlsafe(32)
@@ -99,6 +100,10 @@ async def push(
         subject=subject.key,
         acr=level.uri,
         scope=" ".join(scopes),
+        # The types only: the details themselves may name people and amounts.
+        details=" ".join(d["type"] for d in authorization_details)
+        if authorization_details
+        else None,
     )
     return {"request_uri": REQUEST_URI_PREFIX + request_id, "expires_in": lifetime}
 
@@ -201,3 +206,15 @@ def _resource(
         if rule.resources and resource not in rule.resources:
             raise InvalidTarget(f"scope '{rule.name}' is not for that resource")
     return resource
+
+
+def _authorization_details(
+    form: Mapping[str, str], client: Client, services: Services, scopes: list[str], resource: str
+) -> list[dict[str, Any]] | None:
+    raw = form.get("authorization_details")
+    if raw is None or raw == "":
+        return None
+    types = services.config.authorization_details
+    if not types:
+        raise InvalidAuthorizationDetails("no authorization_details types are accepted here")
+    return details.parse(raw, types, client_id=client.client_id, scopes=scopes, resource=resource)

@@ -10,15 +10,17 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stepup import details
 from stepup.config import TOKEN_TYPE_ACCESS_TOKEN, Client
 from stepup.errors import (
+    InvalidAuthorizationDetails,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
     UnsupportedGrantType,
 )
-from stepup.models import Elevation
+from stepup.models import Elevation, Grant
 from stepup.protocol import dpop_binding
 from stepup.services import Services
 
@@ -91,6 +93,7 @@ async def exchange(
         if not set(asked) <= set(grant.scopes):
             raise InvalidScope("scope is wider than what was approved")
         scopes = [s for s in grant.scopes if s in asked]
+    approved_details = _authorization_details(services, client, form, grant, scopes)
 
     now = services.now()
     lifetime = services.policy.lifetime_for(scopes, subject.exp, now)
@@ -111,7 +114,7 @@ async def exchange(
         iat=now,
         exp=now + lifetime,
         single_use=services.policy.single_use(scopes),
-        authorization_details=grant.authorization_details,
+        authorization_details=approved_details,
         cnf_jkt=cnf_jkt,
     )
     claims: dict[str, Any] = {
@@ -129,6 +132,13 @@ async def exchange(
     }
     if cnf_jkt is not None:
         claims["cnf"] = {"jkt": cnf_jkt}  # RFC 9449 §6.1
+    if elevation.authorization_details:
+        # RFC 9396 §9.1: the resource server reads what was approved from the token itself.
+        claims["authorization_details"] = elevation.authorization_details
+    if elevation.single_use:
+        # Tells a resource server checking locally that this token must be introspected
+        # (stepup consumes it there); a signature alone cannot say it was already used.
+        claims["single_use"] = True
     token = services.signing.sign(claims)
     # Indexed under the subject before it is recorded, so an admin revoke-all cannot miss it.
     if not await services.elevations.track_and_record(
@@ -146,13 +156,54 @@ async def exchange(
         acr=elevation.acr,
         expires_in=lifetime,
     )
-    return {
+    response: dict[str, Any] = {
         "access_token": token,
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
         "token_type": "DPoP" if cnf_jkt is not None else "Bearer",
         "expires_in": lifetime,
         "scope": elevation.scope,
     }
+    if elevation.authorization_details:
+        # RFC 9396 §7: the token response says what the token was granted for.
+        response["authorization_details"] = elevation.authorization_details
+    return response
+
+
+def _authorization_details(
+    services: Services,
+    client: Client,
+    form: Mapping[str, str],
+    grant: Grant,
+    scopes: list[str],
+) -> list[dict[str, Any]] | None:
+    """What the token carries: the approved details, or (RFC 9396 §6.1) the subset the client
+    asks for again at the token endpoint; never anything the user did not see."""
+    raw = form.get("authorization_details")
+    if raw is None or raw == "":
+        types = services.config.authorization_details
+        for detail in grant.authorization_details or ():
+            known = types.get(str(detail.get("type")))
+            if known is not None and not set(known.scopes) & set(scopes):
+                raise InvalidAuthorizationDetails(
+                    f"type {known.name!r} needs scope {' or '.join(known.scopes)}, "
+                    "which the narrowed scope leaves out"
+                )
+        return grant.authorization_details
+    approved = grant.authorization_details
+    if not approved:
+        raise InvalidAuthorizationDetails("no authorization_details were approved for this code")
+    requested = details.parse(
+        raw,
+        services.config.authorization_details,
+        client_id=client.client_id,
+        scopes=scopes,
+        resource=grant.resource,
+    )
+    if not details.narrowed(requested, approved, services.config.authorization_details):
+        raise InvalidAuthorizationDetails(
+            "authorization_details may only repeat or narrow what was approved"
+        )
+    return requested
 
 
 def _s256(verifier: str) -> str:

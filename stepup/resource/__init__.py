@@ -8,10 +8,12 @@
 
 Tokens are checked locally against the issuer's JWKS, or by introspection where a route
 needs revocation to bite at once; refusals are RFC 6750 / RFC 9470 challenges pointing
-at the RFC 9728 metadata document the middleware serves.
+at the RFC 9728 metadata document the middleware serves. A route bound to one transaction
+checks the request against the approved RFC 9396 details with `require_detail`.
 """
 
 from stepup.resource.asgi import StepUpMiddleware, access_token, authorize, needs, requires
+from stepup.resource.details import InsufficientAuthorizationDetails, find_detail, require_detail
 from stepup.resource.guard import Guard, ProtectedResource, bearer_token, credentials
 from stepup.resource.levels import DEFAULT_LEVELS, LevelOrder
 from stepup.resource.refusals import (
@@ -33,6 +35,7 @@ __all__ = [
     "AccessToken",
     "Answer",
     "Guard",
+    "InsufficientAuthorizationDetails",
     "InsufficientScope",
     "InsufficientUserAuthentication",
     "InvalidDPoPProof",
@@ -52,6 +55,8 @@ __all__ = [
     "bearer_token",
     "check",
     "credentials",
+    "find_detail",
     "needs",
+    "require_detail",
     "requires",
 ]

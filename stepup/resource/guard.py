@@ -252,7 +252,19 @@ class Guard:
     ) -> AccessToken:
         verifier = self.verifier
         if not requirement.introspect:
-            return self._bound(await verifier.verify_jwt(token), proof)
+            checked = self._bound(await verifier.verify_jwt(token), proof)
+            if checked.claims.get("single_use") is not True:
+                return checked
+            # stepup marks the tokens its policy makes single use: only introspection
+            # consumes one, so a signature check alone would accept it again and again.
+            issuer = verifier.introspecting_issuer(token)
+            if issuer is None:
+                raise InvalidToken(
+                    "The access token is not valid",
+                    detail="single-use token, and its issuer cannot be asked",
+                )
+            spent = await verifier.introspect(token, issuer, max_staleness=0, single_use=True)
+            return self._bound(spent, proof)
         issuer = verifier.introspecting_issuer(token)
         if issuer is None:
             # A token of an issuer this resource cannot ask (an upstream IdP's): if it is

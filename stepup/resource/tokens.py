@@ -357,7 +357,8 @@ class TokenVerifier:
             leeway=self.leeway,
             introspected=True,
         )
-        if single_use:
+        # stepup says so of a token its policy makes single use: never cache its answer.
+        if single_use or body.get("single_use") is True:
             self._spend(verified.jti or key, verified.expires_at, now)
         elif max_staleness > 0:
             self._remember(key, verified, now)

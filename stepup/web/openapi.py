@@ -53,6 +53,7 @@ _TOKEN_ERRORS = [
     "invalid_target",
     "invalid_dpop_proof",
     "use_dpop_nonce",
+    "invalid_authorization_details",
 ]
 _INTROSPECT_ERRORS = ["invalid_request"]
 _REVOKE_ERRORS = ["invalid_request", "unauthorized_client", "unsupported_token_type"]
@@ -245,7 +246,11 @@ def _par_operation() -> Schema:
         "code_challenge_method": {"enum": ["S256"], "description": "plain is refused."},
         "response_type": _optional({"enum": ["code"], "description": "Only code (the default)."}),
         "authorization_details": _string(
-            "RFC 9396 JSON array; no types are accepted yet (invalid_authorization_details)."
+            "RFC 9396 JSON array of objects, each with a `type` from "
+            "authorization_details_types_supported and only the fields the policy declares "
+            "for it (invalid_authorization_details otherwise); shown to the user, carried "
+            "into the elevated token.",
+            maxLength=8192,
         ),
         "dpop_jkt": _optional(
             _string(
@@ -297,6 +302,11 @@ def _token_operation() -> Schema:
             _string("Narrower than approved is fine, wider is invalid_scope.", pattern=_SCOPE)
         ),
         "requested_token_type": _optional({"enum": [TOKEN_TYPE_ACCESS_TOKEN]}),
+        "authorization_details": _string(
+            "RFC 9396 §6.1: the approved details again, or fewer of them (fewer list items); "
+            "anything else is invalid_authorization_details.",
+            maxLength=8192,
+        ),
         **_client_post_credentials(),
     }
     required = ["grant_type", "subject_token", "subject_token_type", "code", "code_verifier"]
@@ -566,6 +576,10 @@ def _schemas(issuer: str) -> Schema:
                             "properties": {"jkt": {"type": "string", "pattern": _BASE64URL}},
                         },
                         "authorization_details": {"type": "array", "items": {"type": "object"}},
+                        "single_use": {
+                            "const": True,
+                            "description": "This answer was the token's one use: never cache it.",
+                        },
                     },
                 },
             ],

@@ -3,6 +3,7 @@ a browser step, an exchange and one retry; a CLI gets the code on a loopback lis
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,10 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from stepup.client import BrowserStep, LoopbackRedirect, StepUpAuth, StepUpError
+from stepup.client import BrowserStep, LoopbackRedirect, StepUpAuth, StepUpError, asks_for_step_up
 from stepup.resource import Guard
 from stepup.storage.embedded import EmbeddedRedis
 from tests.resource.apps import resource, starlette_app
+from tests.resource.test_details import app as details_app
+from tests.resource.test_details import paying
 from tests.support.own_issuer import jwks_server, stepup_at_own_url
 from tests.support.server import LiveServer
 from tests.support.stepup import (
@@ -28,6 +31,7 @@ from tests.support.stepup import (
     frozen_now,
     hidden,
     manual_key,
+    payment,
 )
 
 LOOPBACK = "http://127.0.0.1/callback"
@@ -37,6 +41,7 @@ LOOPBACK = "http://127.0.0.1/callback"
 class World:
     stepup: Stepup
     api: str  # the protected API's live URL
+    upstream_jwks: str  # the upstream IdP's keys, for another API of a test's own
 
 
 def register_loopback(document: dict[str, Any]) -> None:
@@ -58,7 +63,7 @@ def live_world(
     ):
         guard = Guard(resource(stepup.url, upstream_jwks=jwks), clock=clock)
         with LiveServer(starlette_app(guard)) as api:
-            yield World(stepup, api.url)
+            yield World(stepup, api.url, jwks)
 
 
 @pytest.fixture
@@ -67,13 +72,15 @@ def world(live_world: World, redis_url: str) -> World:
     return live_world
 
 
-def user_approves(stepup: Stepup, url: str) -> str:
-    """The user's browser: the authorization URL, the page (first TOTP enrolment), the code;
-    returns where stepup redirects to (not followed)."""
+def user_approves(stepup: Stepup, url: str, pages: list[str] | None = None) -> str:
+    """The user's browser: the authorization URL, the page (first TOTP enrolment; kept in
+    `pages`), the code; returns where stepup redirects to (not followed)."""
     with stepup.browser() as browser:
         started = browser.get(url)
         assert started.status_code == 303, started.text
         page = browser.get(started.headers["location"])
+        if pages is not None:
+            pages.append(page.text)
         secret = manual_key(page.text)
         stepup.clock.advance(30)
         done = browser.post(
@@ -202,3 +209,35 @@ def test_answers_that_are_no_step_up_challenge_pass_through(world: World) -> Non
     # invalid_token is no step-up challenge: a new sign-in is the app's business.
     assert refused.status_code == 401
     assert refused.json()["error"] == "invalid_token"
+
+
+def test_a_transaction_is_pushed_shown_and_bound_and_another_one_is_refused(
+    world: World,
+) -> None:
+    seen: list[str] = []
+
+    def authorize(step: BrowserStep) -> str:
+        return user_approves(world.stepup, step.url, seen)
+
+    def describe(request: httpx.Request) -> list[dict[str, Any]]:
+        body = json.loads(request.content)
+        return [payment(body["amount"], body["currency"], body["payee"])]
+
+    guard = Guard(
+        resource(world.stepup.url, upstream_jwks=world.upstream_jwks), clock=world.stepup.clock
+    )
+    auth = auth_for(world, REDIRECT, authorize)
+    auth.authorization_details = describe
+    with LiveServer(details_app(guard)) as api, httpx.Client(base_url=api.url) as client:
+        paid = client.post("/pay", json=paying("42.00"), auth=auth)
+        # The elevated token, used for another payment: a 403 challenge a client can answer.
+        assert auth.last_token is not None
+        elevated = auth.last_token["access_token"]
+        other = client.post(
+            "/pay", json=paying("4200.00"), headers={"Authorization": f"Bearer {elevated}"}
+        )
+    assert paid.status_code == 201, paid.text
+    assert auth.last_token["authorization_details"] == [payment("42.00")]
+    assert "Pay 42.00 EUR to Bob&#39;s Bikes" in seen[0]
+    assert other.status_code == 403
+    assert asks_for_step_up(other) == other.headers["www-authenticate"]

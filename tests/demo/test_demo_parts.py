@@ -289,9 +289,18 @@ async def test_api_shows_the_balance_for_the_upstream_token(key: ECKey) -> None:
     }
 
 
+def approved_payment(amount: str, payee: str) -> dict[str, Any]:
+    """The RFC 9396 detail the demo bank sends for one payment."""
+    return {
+        "type": "payment_initiation",
+        "instructedAmount": {"currency": SETTINGS.currency, "amount": amount},
+        "creditorName": payee,
+    }
+
+
 async def test_api_pays_with_an_active_elevated_token_once(key: ECKey) -> None:
     stepup = FakeStepup()
-    elevated = stepup.elevate("alice")
+    elevated = stepup.elevate("alice", authorization_details=[approved_payment("25.50", "Bob")])
     async with payments_api(key, stepup=stepup.app()) as api:
         paid = await api.post(
             "/payments", data={"amount": "25.5", "payee": "Bob"}, headers=bearer(elevated)
@@ -307,6 +316,39 @@ async def test_api_pays_with_an_active_elevated_token_once(key: ECKey) -> None:
     assert stepup.introspected_by == ["payments-api", "payments-api"]
     assert again.status_code == 401
     assert balance.json()["balance"] == "1224.50"
+
+
+@pytest.mark.parametrize(
+    "amount, payee",
+    [("25.51", "Bob"), ("255.00", "Bob"), ("25.50", "Mallory")],
+)
+async def test_api_refuses_a_payment_other_than_the_approved_one(
+    key: ECKey, amount: str, payee: str
+) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice", authorization_details=[approved_payment("25.5", "Bob")])
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments", json={"amount": amount, "payee": payee}, headers=bearer(elevated)
+        )
+        balance = await api.get("/balance", headers=bearer(upstream_token(key)))
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_authorization_details"
+    requirement = step_up_requirement(parse_www_authenticate(response.headers["www-authenticate"]))
+    assert (requirement.acr_values, requirement.scope) == ((ACR_MFA,), ("payments:write",))
+    assert balance.json()["balance"] == "1250.00"
+
+
+async def test_api_refuses_an_elevation_for_no_transaction(key: ECKey) -> None:
+    stepup = FakeStepup()
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments",
+            json={"amount": "5", "payee": "Bob"},
+            headers=bearer(stepup.elevate("alice")),
+        )
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_authorization_details"
 
 
 async def test_api_refuses_a_revoked_elevated_token(key: ECKey) -> None:
@@ -422,6 +464,7 @@ class FakeStepup:
                 "token_endpoint": f"{self.issuer}/token",
                 "introspection_endpoint": f"{self.issuer}/introspect",
                 "revocation_endpoint": f"{self.issuer}/revoke",
+                "authorization_details_types_supported": ["payment_initiation"],
             }
         )
 
@@ -444,7 +487,10 @@ class FakeStepup:
         challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
         if challenge != pushed["code_challenge"]:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
-        token = self.elevate("alice")
+        details = pushed.get("authorization_details")
+        token = self.elevate(
+            "alice", **({"authorization_details": json.loads(details)} if details else {})
+        )
         return JSONResponse(
             {
                 "access_token": token,
@@ -553,6 +599,8 @@ async def test_client_steps_up_pays_and_revokes_the_elevated_token(key: ECKey) -
         assert pushed["redirect_uri"] == "http://localhost:8001/callback"
         assert pushed["code_challenge_method"] == "S256"
         assert "code_verifier" not in pushed
+        # RFC 9396: stepup advertises the type, so the bank binds the approval to this payment.
+        assert json.loads(pushed["authorization_details"]) == [approved_payment("25.00", "Bob")]
 
         code = bank.stepup.approve(request_uri_of(redirect))
         back = await bank.come_back(code=code, state=pushed["state"], iss=SETTINGS.stepup_issuer)

@@ -1,8 +1,10 @@
 """The newcomer's loop, clicked through in headless Chromium: demo bank → payment →
-RFC 9470 challenge → stepup page → TOTP enrolment → payment succeeds → token revoked."""
+RFC 9470 challenge → stepup page showing the payment → TOTP enrolment → payment succeeds →
+token revoked; the next payment is shown and proven again."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -69,6 +71,8 @@ def test_newcomer_pays_with_a_step_up_and_the_elevated_token_is_revoked(
     expect(page.get_by_role("heading", name="Confirm it’s you")).to_be_visible()
     expect(page.get_by_text("Demo Bank", exact=True)).to_be_visible()
     expect(page.get_by_text("Send payments from your account")).to_be_visible()
+    # RFC 9396: the payment itself, in plain words, before any factor is proven.
+    expect(page.get_by_text("Pay 25.00 EUR to Bob's Bikes")).to_be_visible()
     expect(page.locator("svg title")).to_have_text("QR code for your authenticator app")
 
     secret = page.locator("#totp-secret").inner_text().replace(" ", "")
@@ -79,9 +83,17 @@ def test_newcomer_pays_with_a_step_up_and_the_elevated_token_is_revoked(
     expect(page.get_by_text("Elevated token revoked")).to_be_visible()
     assert page.url.startswith(settings.client_base)
 
-    # Proven a moment ago, within the policy's max_age: the next payment needs no new prompt.
+    # A payment is approved for itself (dynamic linking): within max_age, the next one is
+    # still shown and needs a new proof. The next time step's code (one step of skew is
+    # allowed) is a new code, where the first one's would be refused as a replay.
     page.goto(settings.client_base + "/account")
     _pay(page, "5.00", "Corner Shop")
+    assert page.url.startswith(settings.stepup_issuer + "/interaction/")
+    expect(page.get_by_text("Pay 5.00 EUR to Corner Shop")).to_be_visible()
+    page.get_by_label("Code from your authenticator app").fill(
+        pyotp.TOTP(secret).at(time.time() + 30)
+    )
+    page.get_by_role("button", name="Verify").click()
     expect(page.get_by_role("heading", name="Payment sent")).to_be_visible()
 
     # Every elevated token the flow issued was revoked: none is left in Redis.

@@ -10,6 +10,7 @@ need no imaging library.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import struct
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.support.stepup import REDIRECT, Stepup, hidden, pkce
+from tests.support.stepup import REDIRECT, Stepup, hidden, payment, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
     answer_callbacks,
@@ -282,6 +283,27 @@ def test_verification_page_with_the_recovery_fold_open_renders(stepup: Stepup, p
     page.get_by_text("Use a recovery code instead").click()
     page.get_by_label("Recovery code").fill("ab12-cd34-ef56-gh78")  # as long as a real one
     assert_renders_sensibly(page, "verify-recovery")
+
+
+def test_verification_page_with_transaction_details_renders(stepup: Stepup, page: Page) -> None:
+    # Long words (an unbroken payee name, a reference) must wrap at 360 px, not widen the page.
+    totp_user(stepup, "tia")
+    detail = payment(
+        "9999.99",
+        payee="Grossherzoglich-Hessische-Landesbrandversicherungsanstalt-Darmstadt",
+        remittanceInformationUnstructured="INV-2026-11-23-000000000000000000000000000000042 " * 2,
+        actions=["initiate", "status"],
+    )
+    _, challenge = pkce()
+    pushed = stepup.par(
+        stepup.upstream.token("tia"),
+        code_challenge=challenge,
+        authorization_details=json.dumps([detail, payment("12.00", "USD", "Corner Shop")]),
+    )
+    assert pushed.status_code == 201, pushed.text
+    page.goto(f"{stepup.url}/authorize?client_id=bank&request_uri={pushed.json()['request_uri']}")
+    expect(page.get_by_text("Pay 12.00 USD to Corner Shop")).to_be_visible()
+    assert_renders_sensibly(page, "verify-transaction")
 
 
 def test_first_factor_enrolment_page_renders(stepup: Stepup, page: Page) -> None:

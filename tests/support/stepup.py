@@ -132,6 +132,7 @@ def policy_document(upstream: Upstream, data_dir: Path, **limits: Any) -> dict[s
                 "resources": [OTHER_API],
             },
         ],
+        "authorization_details": DETAIL_TYPES,
         "admin": {"token_hash": hash_secret(ADMIN_TOKEN)},
         "metrics": {"token_hash": hash_secret(METRICS_TOKEN)},
         "scopes": {
@@ -155,6 +156,55 @@ def policy_document(upstream: Upstream, data_dir: Path, **limits: Any) -> dict[s
                 "token_lifetime": 60,
             },
         },
+    }
+
+
+# RFC 9396 types of the test policy: a payment (amount, currency, payee) for payments:write,
+# and an account-information type only the shop may send.
+PAYMENT = "payment_initiation"
+ACCOUNTS = "account_information"
+DETAIL_TYPES: dict[str, Any] = {
+    PAYMENT: {
+        "description": "Pay {instructedAmount.amount} {instructedAmount.currency} to {creditorName}",
+        "scopes": ["payments:write"],
+        "required": ["instructedAmount", "creditorName"],
+        "fields": {
+            "creditorName": {"kind": "string", "max_length": 70, "label": "Payee"},
+            "remittanceInformationUnstructured": {
+                "kind": "string",
+                "max_length": 140,
+                "label": "Reference",
+            },
+            "actions": {"kind": "strings", "enum": ["initiate", "status"]},
+            "locations": {"kind": "strings"},
+            "instructedAmount": {
+                "kind": "object",
+                "required": ["amount", "currency"],
+                "fields": {
+                    "amount": {"kind": "decimal", "scale": 2, "max": "10000.00", "label": "Amount"},
+                    "currency": {"kind": "currency", "enum": ["EUR", "USD"]},
+                },
+            },
+        },
+    },
+    ACCOUNTS: {
+        "description": "Read account {identifier}",
+        "scopes": ["payments:write"],
+        "clients": [OTHER_ID],
+        "fields": {"identifier": {"kind": "string"}, "actions": {"kind": "strings"}},
+    },
+}
+
+
+def payment(
+    amount: str = "500.00", currency: str = "EUR", payee: str = "Bob's Bikes", **more: Any
+) -> dict[str, Any]:
+    """One payment_initiation detail."""
+    return {
+        "type": PAYMENT,
+        "instructedAmount": {"amount": amount, "currency": currency},
+        "creditorName": payee,
+        **more,
     }
 
 
