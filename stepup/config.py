@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stepup.details import DetailType, read_types
+from stepup.jwtparts import ASYMMETRIC_ALGORITHMS
 
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -27,22 +28,7 @@ ACR_PHRH = "urn:stepup:acr:phrh"
 
 FACTOR_KINDS = frozenset({"totp", "webauthn", "recovery"})
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "Ed25519", "RS256", "PS256")
-# Asymmetric only: a shared-secret algorithm would let anyone holding the public key forge tokens.
-ALLOWED_ALGORITHMS = frozenset(
-    {
-        "ES256",
-        "ES384",
-        "ES512",
-        "Ed25519",
-        "EdDSA",
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-    }
-)
+ALLOWED_ALGORITHMS = ASYMMETRIC_ALGORITHMS
 
 
 class ConfigError(Exception):

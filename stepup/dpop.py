@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 import warnings
 from collections import OrderedDict
@@ -26,22 +25,9 @@ from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
+from stepup.jwtparts import ASYMMETRIC_ALGORITHMS, numeric_date
+
 # RFC 9449 §4.3 step 5: asymmetric only; `none` and MAC algorithms never verify a proof.
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {
-        "ES256",
-        "ES384",
-        "ES512",
-        "EdDSA",
-        "Ed25519",
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-    }
-)
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "EdDSA", "Ed25519", "PS256", "RS256")
 MAX_PROOF_LENGTH = 8_192
 # A jti is "a unique identifier"; 96 bits of randomness fits in 16 characters, and bounding it
@@ -51,7 +37,6 @@ MIN_RSA_BITS = 2048
 _JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 # RFC 9449 §8.1: nonce = 1*NQCHAR.
 _NQCHARS = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-_MAX_NUMERIC_DATE = 2**40
 
 ClaimOnce = Callable[[str, int], Awaitable[bool]]
 """`claim(key, ttl)`: True the first time `key` is claimed within `ttl` seconds, else False.
@@ -199,14 +184,6 @@ def _registry(alg: str) -> jws.JWSRegistry:
     return registry
 
 
-def _numeric(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or not 0 <= value < _MAX_NUMERIC_DATE:
-        return None
-    return int(value)
-
-
 async def verify_proof(
     headers: Sequence[str],
     *,
@@ -279,7 +256,7 @@ async def verify_proof(
                 "A current DPoP nonce is required", detail=f"nonce {str(offered)[:40]!r}"
             )
     # Step 11: iat within the window on the verifier's clock.
-    iat = _numeric(claims.get("iat"))
+    iat = numeric_date(claims.get("iat"))
     if iat is None:
         raise ProofError("The DPoP proof needs an iat", detail="iat missing or malformed")
     if iat < now - policy.iat_window or iat > now + policy.iat_skew:

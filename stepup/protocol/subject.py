@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,12 +28,12 @@ from stepup.config import (
     secure_url,
 )
 from stepup.errors import InvalidRequest, TemporarilyUnavailable, UnsupportedTokenType
+from stepup.jwtparts import numeric_date
 from stepup.models import Subject
 
 SUBJECT_TOKEN_TYPES = (TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT)
 MAX_TOKEN_LENGTH = 16_384
 MIN_RSA_BITS = 2048
-MAX_NUMERIC_DATE = 2**40  # far beyond any real date, far below 64-bit limits
 # How many verified subject tokens each process remembers, and the longest one it keeps
 # (a bound on memory whatever the upstream issues: at most about 4096 x 4 KiB twice over).
 VERIFIED_CACHE_SIZE = 4096
@@ -254,15 +253,10 @@ class SubjectValidator:
             value = claims.get(name)
             if value is None and not required:
                 return None
-            # RFC 7519 §2 NumericDate: finite seconds; bounded so nothing downstream overflows.
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or not 0 <= value < MAX_NUMERIC_DATE
-            ):
+            seconds = numeric_date(value)
+            if seconds is None:
                 raise InvalidRequest(invalid, detail=f"claim {name} missing or not a NumericDate")
-            return int(value)
+            return seconds
 
         exp = number("exp", True)
         assert exp is not None

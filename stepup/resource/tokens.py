@@ -27,12 +27,12 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import KeySet
 
 from stepup.clock import Clock
+from stepup.jwtparts import numeric_date
 from stepup.resource.refusals import InvalidToken, Unavailable
 
 log = logging.getLogger("stepup.resource")
 
 MAX_TOKEN_LENGTH = 16_384
-MAX_NUMERIC_DATE = 2**40
 # Asymmetric only: with HMAC anyone holding the published key could mint tokens.
 DEFAULT_ALGORITHMS = ("ES256", "Ed25519", "EdDSA")
 _AT_JWT = ("at+jwt", "application/at+jwt")
@@ -80,15 +80,6 @@ class AccessToken:
     introspected: bool
 
 
-def _numeric_date(value: object) -> int | None:
-    # RFC 7519 §2 NumericDate, bounded so nothing downstream overflows.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or not 0 <= value < MAX_NUMERIC_DATE:
-        return None
-    return int(value)
-
-
 def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -116,19 +107,19 @@ def token_from_claims(
     # RFC 9068 §4: the resource server must find its own identifier in `aud`.
     if resource not in audience:
         raise InvalidToken("The access token is not for this resource", detail=f"aud {audience}")
-    exp = _numeric_date(claims.get("exp"))
+    exp = numeric_date(claims.get("exp"))
     if exp is None:
         raise InvalidToken(invalid, detail="exp missing or not a NumericDate")
     # RFC 7519 §4.1.4: not accepted "on or after" exp.
     if now >= exp + leeway:
         raise InvalidToken("The access token expired", detail=f"exp {exp} <= now {now}")
-    nbf = _numeric_date(claims.get("nbf"))
+    nbf = numeric_date(claims.get("nbf"))
     if "nbf" in claims and (nbf is None or now < nbf - leeway):
         raise InvalidToken(invalid, detail="nbf in the future or malformed")
-    iat = _numeric_date(claims.get("iat"))
+    iat = numeric_date(claims.get("iat"))
     if "iat" in claims and (iat is None or iat > now + leeway):
         raise InvalidToken(invalid, detail="iat in the future or malformed")
-    auth_time = _numeric_date(claims.get("auth_time"))
+    auth_time = numeric_date(claims.get("auth_time"))
     if "auth_time" in claims and auth_time is None:
         raise InvalidToken(invalid, detail="auth_time malformed")
     sub = claims.get("sub")
