@@ -6,6 +6,8 @@ discovery); a payment needs an elevated token E, checked by RFC 7662 introspecti
 (revocation bites at once), good for one request, and approved for this very payment: its
 RFC 9396 `payment_initiation` details must name the amount, currency and payee
 (`require_detail`), else the answer is a 403 challenge for a new approval.
+Every token must be DPoP-bound and come with a proof by its key (RFC 9449 §7): Bearer is
+refused outright, so a copied token is worth nothing without the key.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def create_payments_api(
             realm=REALM,
             scopes_supported=(PAYMENTS_READ, PAYMENTS_WRITE),
             leeway=LEEWAY,
+            # The demo issues bound tokens only (B by its IdP, E by stepup), so the API takes
+            # nothing else and says so in its RFC 9728 metadata.
+            dpop_bound_access_tokens_required=True,
+            # Proofs name the URL the bank calls (`htu`), whatever address the server binds.
+            dpop_origin=settings.api_base,
         ),
         clock=clock,
         http=http,
@@ -137,6 +144,8 @@ class _Payment:
     created_at: int
     acr: str | None
     auth_time: int | None
+    # The RFC 7638 thumbprint of the key the approval was bound to and proven with.
+    dpop_jkt: str | None
 
     def as_json(self, currency: str) -> dict[str, Any]:
         return {
@@ -147,6 +156,7 @@ class _Payment:
             "created_at": self.created_at,
             "acr": self.acr,
             "auth_time": self.auth_time,
+            "dpop_jkt": self.dpop_jkt,
         }
 
 
@@ -217,10 +227,18 @@ class _PaymentsApi:
             created_at=now,
             acr=caller.acr,
             auth_time=caller.auth_time,
+            dpop_jkt=_bound_key(caller),
         )
         self.payments.append(payment)
         log.info("payment %s of %s to %r for %s", payment.id, amount, payee, caller.subject)
         return payment
+
+
+def _bound_key(token: AccessToken) -> str | None:
+    # The guard has checked the proof against it: the key the approval is bound to.
+    cnf = token.claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
 
 
 async def _read_payment(request: Request) -> tuple[Decimal, str]:

@@ -4,6 +4,10 @@ It is also the reference client. Everything it knows about stepup comes from the
 and the RFC 8414 metadata document; the loop is challenge → PAR (RFC 9126) → browser to the
 authorization endpoint → callback (RFC 9207 `iss` check) → token exchange (RFC 8693) →
 retry with the elevated token → revocation (RFC 7009).
+
+Every token in the loop is sender-constrained (RFC 9449): the bank holds a DPoP key, the
+user's token B is bound to it by the IdP, the bank proves the key at stepup's `/par` and
+`/token` (so the elevated token E comes back bound to it too) and with every API call.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
+from stepup.client import DPoPSigner
 from stepup.clock import Clock, SystemClock
 from stepup.config import TOKEN_TYPE_ACCESS_TOKEN
 from stepup.demo.api import create_payments_api, parse_amount, parse_payee
@@ -63,21 +68,34 @@ TEMPLATES_DIR = _ROOT / "templates"
 STYLESHEET = _ROOT / "static" / "demo.css"
 
 
-def create_demo_apps(settings: DemoSettings, data_dir: Path) -> tuple[ASGIApp, ASGIApp]:
-    """The app for the client port (IdP mounted at /idp) and the payments API."""
+def create_demo_apps(
+    settings: DemoSettings,
+    data_dir: Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[ASGIApp, ASGIApp]:
+    """The app for the client port (IdP mounted at /idp) and the payments API; `transport`
+    carries the bank's outgoing HTTP (by default the network)."""
     key = load_or_create_idp_key(data_dir)
-    return create_client_app(settings, key), create_payments_api(settings)
+    return create_client_app(settings, key, transport=transport), create_payments_api(settings)
 
 
 def create_client_app(
     settings: DemoSettings,
     idp_key: ECKey,
     *,
+    dpop_key: ECKey | None = None,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """The bank web app, with the demo IdP (signing with `idp_key`) mounted at /idp."""
-    bank = _Bank(settings, idp_key, clock or SystemClock())
+    """The bank web app, with the demo IdP (signing with `idp_key`) mounted at /idp.
+    `dpop_key`: the bank's private DPoP key (RFC 9449); by default a new P-256 key."""
+    # One key per process, never written down: sessions, the B tokens bound to the key and
+    # every elevation live in this process's memory only, so a key that outlived it would
+    # bind nothing. A bank running several instances would share one key, like its secret.
+    if dpop_key is None:
+        dpop_key = ECKey.generate_key("P-256")
+    bank = _Bank(settings, idp_key, dpop_key, clock or SystemClock())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -183,10 +201,14 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _Bank:
-    def __init__(self, settings: DemoSettings, idp_key: ECKey, clock: Clock) -> None:
+    def __init__(
+        self, settings: DemoSettings, idp_key: ECKey, dpop_key: ECKey, clock: Clock
+    ) -> None:
         self.settings = settings
         self.idp_key = idp_key
         self.clock = clock
+        # Proofs carry this clock's time (`iat`), as every other timestamp here does.
+        self.dpop = DPoPSigner(dpop_key, clock.now)
         self.http: httpx.AsyncClient | None = None
         self.sessions = _Sessions(clock)
         self.metadata: dict[str, Any] | None = None
@@ -212,7 +234,9 @@ class _Bank:
         self.sessions.drop(old_id)
         session_id, session = self.sessions.create()
         session.user = self.settings.user
-        # The demo's stand-in for a real sign-in at the upstream IdP: B is minted directly.
+        # The demo's stand-in for a real sign-in at the upstream IdP: B is minted directly,
+        # bound to the bank's DPoP key (as if the bank had proven it at the IdP's token
+        # endpoint), so B too is useless to anyone who copies it.
         session.upstream_token = issue_access_token(
             self.idp_key,
             self.settings.idp_issuer,
@@ -221,6 +245,7 @@ class _Bank:
             audience=self.settings.api_base,
             now=self.clock.now(),
             lifetime=SESSION_LIFETIME,
+            jkt=self.dpop.jkt,
         )
         response = RedirectResponse("/account", status_code=303)
         self._set_cookie(response, session_id)
@@ -235,8 +260,8 @@ class _Bank:
 
     async def account(self, request: Request) -> Response:
         session = self._signed_in(request)
-        response = await self._client().get(
-            f"{self.settings.api_base}/balance", headers=_bearer(session.upstream_token)
+        response = await self._call_api(
+            "GET", f"{self.settings.api_base}/balance", session.upstream_token or ""
         )
         if response.status_code == 401:
             raise _signed_out("The payments API no longer accepts your sign-in.")
@@ -258,10 +283,11 @@ class _Bank:
                 "Check the payment",
                 "Enter an amount such as 25.00 (at most two decimals) and the payee's name.",
             )
-        response = await self._client().post(
+        response = await self._call_api(
+            "POST",
             f"{self.settings.api_base}/payments",
+            session.upstream_token or "",
             json={"amount": str(amount), "payee": payee},
-            headers=_bearer(session.upstream_token),
         )
         if response.status_code == 201:
             return self._show_receipt(session, response, revoked=None)
@@ -322,10 +348,11 @@ class _Bank:
             raise PageError(400, "Approval not recognised", "The approval carried no code.")
         elevated = await self._exchange(session, code, pending.code_verifier)
         try:
-            response = await self._client().post(
+            response = await self._call_api(
+                "POST",
                 f"{self.settings.api_base}/payments",
+                elevated,
                 json={"amount": pending.amount, "payee": pending.payee},
-                headers=_bearer(elevated),
             )
         finally:
             # RFC 7009: the task is done (or failed), so the elevation should not outlive it.
@@ -375,7 +402,9 @@ class _Bank:
                     }
                 ]
             )
-        response = await self._client().post(par_endpoint, data=form, headers=self._client_auth())
+        # The proof binds the request to the bank's key from intake on (RFC 9449 §10), the
+        # key B is bound to as well.
+        response = await self._post_proven(par_endpoint, form)
         body = _json_object(response)
         request_uri = body.get("request_uri") if body else None
         if response.status_code not in (200, 201) or not isinstance(request_uri, str):
@@ -387,9 +416,11 @@ class _Bank:
 
     async def _exchange(self, session: _Session, code: str, verifier: str) -> str:
         metadata = await self._metadata()
-        response = await self._client().post(
+        # B is bound to the bank's key, so stepup wants a proof by it; E comes back bound
+        # to the same key (RFC 9449 §5).
+        response = await self._post_proven(
             _endpoint(metadata, "token_endpoint"),
-            data={
+            {
                 "grant_type": TOKEN_EXCHANGE,
                 "subject_token": session.upstream_token or "",
                 "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
@@ -398,15 +429,18 @@ class _Bank:
                 "resource": self.settings.api_base,
                 "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN,
             },
-            headers=self._client_auth(),
         )
         body = _json_object(response)
         token = body.get("access_token") if body else None
         if response.status_code != 200 or not body or not isinstance(token, str) or not token:
             raise _stepup_refused("hand out the approval", response)
-        if str(body.get("token_type", "")).lower() != "bearer":
-            # A DPoP-bound token would need proofs this client does not make.
-            raise PageError(502, "Approval not usable", "stepup issued a token type we cannot use.")
+        if str(body.get("token_type", "")).lower() != "dpop":
+            # The bank proved its key: an unbound (Bearer) token would be a downgrade that
+            # anyone holding a copy could use, and the payments API refuses it anyway.
+            await self._revoke(token)
+            raise PageError(
+                502, "Approval not usable", "stepup issued a token not bound to the bank's key."
+            )
         if body.get("issued_token_type", TOKEN_TYPE_ACCESS_TOKEN) != TOKEN_TYPE_ACCESS_TOKEN:
             raise PageError(
                 502, "Approval not usable", "stepup issued an unexpected kind of token."
@@ -444,6 +478,33 @@ class _Bank:
                 )
             self.metadata = document
         return self.metadata
+
+    async def _post_proven(self, url: str, form: dict[str, str]) -> httpx.Response:
+        """A POST to stepup with the bank's credentials and a DPoP proof of its key; once
+        more, with stepup's nonce, if stepup answers `use_dpop_nonce` (RFC 9449 §8)."""
+        for attempt in range(2):
+            headers = {**self._client_auth(), "DPoP": self.dpop.proof("POST", url)}
+            response = await self._client().post(url, data=form, headers=headers)
+            if attempt or not self.dpop.remember(url, response):
+                break
+        return response
+
+    async def _call_api(
+        self, method: str, url: str, token: str, *, json: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """A payments API call with `token` (B or E, both bound to the bank's key) and a
+        proof for this very request: `htm`, `htu`, and `ath`, the token's hash (RFC 9449
+        §7); once more if the API asks for its nonce (§9)."""
+        for attempt in range(2):
+            headers = {
+                "Authorization": f"DPoP {token}",
+                "DPoP": self.dpop.proof(method, url, token),
+                "Accept": "application/json",
+            }
+            response = await self._client().request(method, url, json=json, headers=headers)
+            if attempt or not self.dpop.remember(url, response):
+                break
+        return response
 
     def _client_auth(self) -> dict[str, str]:
         # client_secret_basic; RFC 6749 §2.3.1 form-urlencodes both parts before base64.
@@ -610,10 +671,6 @@ def _asks_for_step_up(response: httpx.Response) -> bool:
 def _s256(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def _bearer(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:

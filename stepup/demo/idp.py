@@ -1,7 +1,9 @@
 """The demo's upstream identity provider: a discovery document, a JWKS, and a token minter.
 
 It stands in for the IdP a real deployment already has. It has no login of its own: the
-demo client mints the user's access token B with `issue_access_token` (RFC 9068).
+demo client mints the user's access token B with `issue_access_token` (RFC 9068), bound to
+the client's DPoP key when it names one (`cnf.jkt`), as an IdP does for a client that
+proves its key at the token endpoint or names it as `dpop_jkt` (RFC 9449 §5, §10).
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def issue_access_token(
     audience: str,
     now: float,
     lifetime: int = 3600,
+    jkt: str | None = None,
 ) -> str:
-    """An RFC 9068 JWT access token, as a real IdP would give `client_id` for `sub`."""
+    """An RFC 9068 JWT access token, as a real IdP would give `client_id` for `sub`; bound
+    to the DPoP key whose RFC 7638 thumbprint is `jkt`, if given (RFC 9449 §6.1)."""
     key.ensure_kid()
     issued_at = int(now)
     header = {"typ": "at+jwt", "alg": ALGORITHM, "kid": key.kid}
@@ -80,4 +84,6 @@ def issue_access_token(
         # The demo login is a fresh password login, so the user authenticated just now.
         "auth_time": issued_at,
     }
+    if jkt is not None:
+        claims["cnf"] = {"jkt": jkt}
     return jwt.encode(header, claims, key, algorithms=[ALGORITHM])

@@ -5,7 +5,7 @@ request's Authorization header against one route's requirement. Framework-free: 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +24,13 @@ from stepup.resource.refusals import (
     Refusal,
 )
 from stepup.resource.requirement import Requirement, check
-from stepup.resource.tokens import MAX_TOKEN_LENGTH, AccessToken, TokenVerifier, TrustedIssuer
+from stepup.resource.tokens import (
+    MAX_TOKEN_LENGTH,
+    AccessToken,
+    TokenVerifier,
+    TrustedIssuer,
+    unverified_parts,
+)
 
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token; RFC 9449 §7.1: the same after "DPoP".
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
@@ -227,10 +233,14 @@ class Guard:
             raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
 
     def _bound(self, token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
-        cnf = token.claims.get("cnf")
+        self._check_binding(token.claims, proof)
+        return token
+
+    def _check_binding(self, claims: Mapping[str, Any], proof: dpop.Proof | None) -> None:
+        cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if jkt is None and proof is None:
-            return token
+            return
         if proof is None:
             # RFC 9449 §7.2: a bound token presented as a Bearer token is refused; whoever
             # holds it without the key (a thief) gets nothing from it.
@@ -245,7 +255,6 @@ class Guard:
             raise InvalidToken(
                 "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"
             )
-        return token
 
     async def _verify(
         self, token: str, requirement: Requirement, proof: dpop.Proof | None = None
@@ -263,8 +272,13 @@ class Guard:
                     "The access token is not valid",
                     detail="single-use token, and its issuer cannot be asked",
                 )
-            spent = await verifier.introspect(token, issuer, max_staleness=0, single_use=True)
-            return self._bound(spent, proof)
+            return await verifier.introspect(
+                token,
+                issuer,
+                max_staleness=0,
+                single_use=True,
+                check=lambda answer: self._check_binding(answer.claims, proof),
+            )
         issuer = verifier.introspecting_issuer(token)
         if issuer is None:
             # A token of an issuer this resource cannot ask (an upstream IdP's): if it is
@@ -272,13 +286,19 @@ class Guard:
             # revoke; if not, invalid_token.
             self._bound(await verifier.verify_jwt(token), proof)
             raise requirement.step_up(detail="token cannot be introspected")
-        introspected = await verifier.introspect(
+        # The key binding is checked before introspection, which may spend a single-use
+        # token (at stepup, or in this process): a thief's try must not use up the holder's
+        # token. A JWT names its key itself; an opaque token's is known from the answer.
+        parts = unverified_parts(token)
+        if parts is not None:
+            self._check_binding(parts[1], proof)
+        return await verifier.introspect(
             token,
             issuer,
             max_staleness=requirement.revocation_delay,
             single_use=requirement.single_use,
+            check=lambda answer: self._check_binding(answer.claims, proof),
         )
-        return self._bound(introspected, proof)
 
     def answer(self, refusal: Refusal) -> Answer:
         return refusal.answer(self.resource.realm, self.resource.metadata_url)

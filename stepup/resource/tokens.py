@@ -16,7 +16,7 @@ import logging
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus, urlsplit, urlunsplit
@@ -322,8 +322,16 @@ class TokenVerifier:
         return introspecting[0] if len(introspecting) == 1 else None
 
     async def introspect(
-        self, token: str, issuer: TrustedIssuer, *, max_staleness: float, single_use: bool
+        self,
+        token: str,
+        issuer: TrustedIssuer,
+        *,
+        max_staleness: float,
+        single_use: bool,
+        check: Callable[[AccessToken], None] | None = None,
     ) -> AccessToken:
+        """The introspected token; `check` (e.g. its DPoP key binding) runs on every answer,
+        cached or not, before a single-use token is spent here."""
         key = hashlib.sha256(token.encode()).hexdigest()
         now = self.clock.now()
         if max_staleness > 0 and not single_use:
@@ -334,6 +342,8 @@ class TokenVerifier:
                 and now < cached.token.expires_at + self.leeway
             ):
                 self._introspected.move_to_end(key)
+                if check is not None:
+                    check(cached.token)
                 return cached.token
         body = await self._ask(token, issuer)
         # RFC 7662 §2.2: anything but a literal `true` is inactive.
@@ -348,6 +358,8 @@ class TokenVerifier:
             leeway=self.leeway,
             introspected=True,
         )
+        if check is not None:
+            check(verified)
         # stepup says so of a token its policy makes single use: never cache its answer.
         if single_use or body.get("single_use") is True:
             self._spend(verified.jti or key, verified.expires_at, now)

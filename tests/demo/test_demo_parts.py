@@ -29,6 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
+from stepup import dpop as proofs
+from stepup.client import DPoPSigner
 from stepup.clock import FrozenClock
 from stepup.config import ACR_MFA, TOKEN_TYPE_ACCESS_TOKEN, load, secret_matches
 from stepup.demo.api import create_payments_api
@@ -41,6 +43,9 @@ pytestmark = pytest.mark.anyio
 
 SETTINGS = DemoSettings()
 NOW = 1_900_000_000.0
+# The bank's DPoP key: B and E are bound to it, and the bank proves it at every step.
+BANK_KEY = ECKey.generate_key("P-256")
+BANK_JKT = str(BANK_KEY.thumbprint())
 
 
 class Origins(httpx.AsyncBaseTransport):
@@ -79,6 +84,7 @@ def upstream_token(key: ECKey, **overrides: Any) -> str:
         "client_id": SETTINGS.client_id,
         "audience": SETTINGS.api_base,
         "now": NOW,
+        "jkt": BANK_JKT,
     }
     arguments.update(overrides)
     return issue_access_token(key, **arguments)
@@ -111,6 +117,12 @@ async def test_idp_token_verifies_with_its_jwks_and_carries_rfc9068_claims(key: 
     assert claims["exp"] == int(NOW) + 3600
     assert claims["scope"] == "payments:read"
     assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+
+
+def test_idp_binds_the_token_to_the_key_it_is_given(key: ECKey) -> None:
+    # RFC 9449 §6.1: cnf.jkt names the bank's key, so B works only with its proofs.
+    assert jwt.decode(upstream_token(key), key).claims["cnf"] == {"jkt": BANK_JKT}
+    assert "cnf" not in jwt.decode(upstream_token(key, jkt=None), key).claims
 
 
 async def test_idp_tokens_have_distinct_jti(key: ECKey) -> None:
@@ -191,6 +203,12 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def dpop(token: str, method: str, path: str, key: ECKey = BANK_KEY) -> dict[str, str]:
+    """`token` with the DPoP scheme and a proof by `key` for this request (`ath` too)."""
+    proof = DPoPSigner(key, lambda: NOW).proof(method, SETTINGS.api_base + path, token)
+    return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+
 async def test_api_answers_a_payment_with_the_upstream_token_with_a_step_up_challenge(
     key: ECKey,
 ) -> None:
@@ -198,7 +216,7 @@ async def test_api_answers_a_payment_with_the_upstream_token_with_a_step_up_chal
         response = await api.post(
             "/payments",
             json={"amount": "25.00", "payee": "Bob"},
-            headers=bearer(upstream_token(key)),
+            headers=dpop(upstream_token(key), "POST", "/payments"),
         )
 
     assert response.status_code == 401
@@ -218,10 +236,11 @@ async def test_api_answers_a_payment_without_a_token_with_a_bare_challenge(
         response = await api.post("/payments", json={"amount": "25.00", "payee": "Bob"})
 
     # RFC 6750 §3.1: no credentials, no error code; the scope and the RFC 9728 metadata
-    # tell a client where to start.
+    # tell a client where to start; the scheme and algs that it must use DPoP (RFC 9449 §7.1).
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == (
-        'Bearer realm="Demo payments API", scope="payments:write", '
+        f'DPoP realm="Demo payments API", algs="{" ".join(proofs.DEFAULT_ALGORITHMS)}", '
+        'scope="payments:write", '
         'resource_metadata="http://localhost:8002/.well-known/oauth-protected-resource"'
     )
 
@@ -247,9 +266,11 @@ async def test_api_refuses_an_upstream_token_with_a_bad_signature(
 ) -> None:
     forged = forge(key)
     async with payments_api(key) as api:
-        balance = await api.get("/balance", headers=bearer(forged))
+        balance = await api.get("/balance", headers=dpop(forged, "GET", "/balance"))
         payment = await api.post(
-            "/payments", json={"amount": "1.00", "payee": "Mallory"}, headers=bearer(forged)
+            "/payments",
+            json={"amount": "1.00", "payee": "Mallory"},
+            headers=dpop(forged, "POST", "/payments"),
         )
 
     for response in (balance, payment):
@@ -272,14 +293,16 @@ async def test_api_refuses_an_upstream_token_not_meant_for_it(
     key: ECKey, overrides: dict[str, Any]
 ) -> None:
     async with payments_api(key, stepup=FakeStepup().app()) as api:
-        response = await api.get("/balance", headers=bearer(upstream_token(key, **overrides)))
+        response = await api.get(
+            "/balance", headers=dpop(upstream_token(key, **overrides), "GET", "/balance")
+        )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_token"
 
 
 async def test_api_shows_the_balance_for_the_upstream_token(key: ECKey) -> None:
     async with payments_api(key) as api:
-        response = await api.get("/balance", headers=bearer(upstream_token(key)))
+        response = await api.get("/balance", headers=dpop(upstream_token(key), "GET", "/balance"))
     assert response.status_code == 200
     assert response.json() == {
         "sub": "alice",
@@ -303,12 +326,16 @@ async def test_api_pays_with_an_active_elevated_token_once(key: ECKey) -> None:
     elevated = stepup.elevate("alice", authorization_details=[approved_payment("25.50", "Bob")])
     async with payments_api(key, stepup=stepup.app()) as api:
         paid = await api.post(
-            "/payments", data={"amount": "25.5", "payee": "Bob"}, headers=bearer(elevated)
+            "/payments",
+            data={"amount": "25.5", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
         )
         again = await api.post(
-            "/payments", data={"amount": "25.5", "payee": "Bob"}, headers=bearer(elevated)
+            "/payments",
+            data={"amount": "25.5", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
         )
-        balance = await api.get("/balance", headers=bearer(upstream_token(key)))
+        balance = await api.get("/balance", headers=dpop(upstream_token(key), "GET", "/balance"))
 
     assert paid.status_code == 201
     assert paid.json()["amount"] == "25.50"
@@ -329,9 +356,11 @@ async def test_api_refuses_a_payment_other_than_the_approved_one(
     elevated = stepup.elevate("alice", authorization_details=[approved_payment("25.5", "Bob")])
     async with payments_api(key, stepup=stepup.app()) as api:
         response = await api.post(
-            "/payments", json={"amount": amount, "payee": payee}, headers=bearer(elevated)
+            "/payments",
+            json={"amount": amount, "payee": payee},
+            headers=dpop(elevated, "POST", "/payments"),
         )
-        balance = await api.get("/balance", headers=bearer(upstream_token(key)))
+        balance = await api.get("/balance", headers=dpop(upstream_token(key), "GET", "/balance"))
     assert response.status_code == 403
     assert response.json()["error"] == "insufficient_authorization_details"
     requirement = step_up_requirement(parse_www_authenticate(response.headers["www-authenticate"]))
@@ -345,7 +374,7 @@ async def test_api_refuses_an_elevation_for_no_transaction(key: ECKey) -> None:
         response = await api.post(
             "/payments",
             json={"amount": "5", "payee": "Bob"},
-            headers=bearer(stepup.elevate("alice")),
+            headers=dpop(stepup.elevate("alice"), "POST", "/payments"),
         )
     assert response.status_code == 403
     assert response.json()["error"] == "insufficient_authorization_details"
@@ -357,7 +386,9 @@ async def test_api_refuses_a_revoked_elevated_token(key: ECKey) -> None:
     stepup.active.clear()
     async with payments_api(key, stepup=stepup.app()) as api:
         response = await api.post(
-            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+            "/payments",
+            json={"amount": "5", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
         )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_token"
@@ -368,7 +399,9 @@ async def test_api_wants_payments_write_in_the_elevated_token(key: ECKey) -> Non
     elevated = stepup.elevate("alice", scope="payments:read")
     async with payments_api(key, stepup=stepup.app()) as api:
         response = await api.post(
-            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+            "/payments",
+            json={"amount": "5", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
         )
     assert response.status_code == 403
     requirement = step_up_requirement(parse_www_authenticate(response.headers["www-authenticate"]))
@@ -380,10 +413,83 @@ async def test_api_refuses_an_elevation_proven_too_long_ago(key: ECKey) -> None:
     elevated = stepup.elevate("alice", auth_time=int(NOW) - 301)
     async with payments_api(key, stepup=stepup.app()) as api:
         response = await api.post(
-            "/payments", json={"amount": "5", "payee": "Bob"}, headers=bearer(elevated)
+            "/payments",
+            json={"amount": "5", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
         )
     assert response.status_code == 401
     assert "insufficient_user_authentication" in response.headers["www-authenticate"]
+
+
+async def test_api_takes_dpop_bound_tokens_only_and_says_so(key: ECKey) -> None:
+    async with payments_api(key) as api:
+        metadata = await api.get("/.well-known/oauth-protected-resource")
+        # Even a valid, unbound B is refused as Bearer: the API takes proofs only.
+        unbound = await api.get("/balance", headers=bearer(upstream_token(key, jkt=None)))
+        with_proof = await api.get("/balance", headers=dpop(upstream_token(key), "GET", "/balance"))
+    assert metadata.json()["dpop_bound_access_tokens_required"] is True
+    assert unbound.status_code == 401
+    assert unbound.headers["www-authenticate"].startswith("DPoP ")
+    assert unbound.json()["error"] == "invalid_token"
+    assert with_proof.status_code == 200
+
+
+def stolen_as_bearer(token: str, method: str, path: str) -> dict[str, str]:
+    return bearer(token)
+
+
+def stolen_with_another_key(token: str, method: str, path: str) -> dict[str, str]:
+    # A well-formed proof for this very request, by the thief's own key.
+    return dpop(token, method, path, key=ECKey.generate_key("P-256"))
+
+
+THIEVES = [stolen_as_bearer, stolen_with_another_key]
+
+
+@pytest.mark.parametrize("thief", THIEVES)
+async def test_api_refuses_a_stolen_elevated_token_and_its_holder_still_pays(
+    key: ECKey, thief: Callable[[str, str, str], dict[str, str]]
+) -> None:
+    stepup = FakeStepup()
+    payment = {"amount": "25.00", "payee": "Bob"}
+    elevated = stepup.elevate("alice", authorization_details=[approved_payment("25", "Bob")])
+    async with payments_api(key, stepup=stepup.app()) as api:
+        stolen = await api.post(
+            "/payments", json=payment, headers=thief(elevated, "POST", "/payments")
+        )
+        # The single-use approval was not spent by the thief's try: it is still the holder's.
+        paid = await api.post(
+            "/payments", json=payment, headers=dpop(elevated, "POST", "/payments")
+        )
+    assert stolen.status_code == 401
+    assert stolen.json()["error"] == "invalid_token"
+    assert stolen.headers["www-authenticate"].startswith("DPoP ")
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["balance"] == "1225.00"
+    assert paid.json()["dpop_jkt"] == BANK_JKT
+
+
+@pytest.mark.parametrize("thief", THIEVES)
+async def test_api_refuses_a_stolen_upstream_token(
+    key: ECKey, thief: Callable[[str, str, str], dict[str, str]]
+) -> None:
+    async with payments_api(key) as api:
+        response = await api.get("/balance", headers=thief(upstream_token(key), "GET", "/balance"))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+
+
+async def test_api_refuses_a_proof_made_for_another_request(key: ECKey) -> None:
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice", authorization_details=[approved_payment("5", "Bob")])
+    headers = dpop(elevated, "GET", "/balance") | {"Authorization": f"DPoP {elevated}"}
+    async with payments_api(key, stepup=stepup.app()) as api:
+        response = await api.post(
+            "/payments", json={"amount": "5", "payee": "Bob"}, headers=headers
+        )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_dpop_proof"
+    assert stepup.introspected_by == []
 
 
 @pytest.mark.parametrize("amount", ["0", "-5", "1.001", "abc", "NaN", "1e9", ""])
@@ -393,7 +499,7 @@ async def test_api_refuses_a_bad_amount(key: ECKey, amount: str) -> None:
         response = await api.post(
             "/payments",
             json={"amount": amount, "payee": "Bob"},
-            headers=bearer(stepup.elevate("alice")),
+            headers=dpop(stepup.elevate("alice"), "POST", "/payments"),
         )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
@@ -420,9 +526,20 @@ class FakeStepup:
     revoked: list[str] = field(default_factory=list)
     pushed: list[dict[str, str]] = field(default_factory=list)
     exchanged: list[dict[str, str]] = field(default_factory=list)
+    # RFC 9449 at /par and /token, checked by stepup's own proof verifier: the endpoint and
+    # key thumbprint of each proof that passed; the endpoints that asked for the nonce.
+    nonce: str | None = None
+    bind: bool = True
+    proofs: list[tuple[str, str]] = field(default_factory=list)
+    nonce_refusals: list[str] = field(default_factory=list)
+    seen_proofs: proofs.MemoryReplayCache = field(
+        default_factory=lambda: proofs.MemoryReplayCache(lambda: NOW)
+    )
 
-    def elevate(self, sub: str, **overrides: Any) -> str:
+    def elevate(self, sub: str, bound_to: str | None = BANK_JKT, **overrides: Any) -> str:
         token = secrets.token_urlsafe(24)
+        if bound_to is not None:
+            overrides.setdefault("cnf", {"jkt": bound_to})
         self.active[token] = {
             "active": True,
             "iss": self.issuer,
@@ -468,8 +585,36 @@ class FakeStepup:
             }
         )
 
+    async def _proof(self, request: Request) -> proofs.Proof | Response | None:
+        headers = request.headers.getlist("dpop")
+        if not headers:
+            return None
+        nonce = self.nonce
+        try:
+            proof = await proofs.verify_proof(
+                headers,
+                method=request.method,
+                uri=self.issuer + request.url.path,
+                now=NOW,
+                policy=proofs.ProofPolicy(),
+                claim=self.seen_proofs,
+                nonce=None if nonce is None else (lambda offered: offered == nonce),
+            )
+        except proofs.NonceRequired:
+            self.nonce_refusals.append(request.url.path)
+            return JSONResponse(
+                {"error": "use_dpop_nonce"}, status_code=400, headers={"DPoP-Nonce": nonce or ""}
+            )
+        except proofs.ProofError as exc:
+            return JSONResponse({"error": "invalid_dpop_proof", "detail": exc.detail}, 400)
+        self.proofs.append((request.url.path, proof.jkt))
+        return proof
+
     async def _par(self, request: Request) -> Response:
         assert _basic_credentials(request) == (SETTINGS.client_id, SETTINGS.client_secret)
+        proof = await self._proof(request)
+        if isinstance(proof, Response):
+            return proof
         form = {k: str(v) for k, v in (await request.form()).items()}
         self.pushed.append(form)
         request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(8)
@@ -478,6 +623,9 @@ class FakeStepup:
 
     async def _token(self, request: Request) -> Response:
         assert _basic_credentials(request) == (SETTINGS.client_id, SETTINGS.client_secret)
+        proof = await self._proof(request)
+        if isinstance(proof, Response):
+            return proof
         form = {k: str(v) for k, v in (await request.form()).items()}
         self.exchanged.append(form)
         pushed = self.codes.pop(form.get("code", ""), None)
@@ -488,14 +636,18 @@ class FakeStepup:
         if challenge != pushed["code_challenge"]:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         details = pushed.get("authorization_details")
+        # Like stepup: a proof binds E to its key (RFC 9449 §5), unless told to misbehave.
+        bound_to = proof.jkt if proof is not None and self.bind else None
         token = self.elevate(
-            "alice", **({"authorization_details": json.loads(details)} if details else {})
+            "alice",
+            bound_to,
+            **({"authorization_details": json.loads(details)} if details else {}),
         )
         return JSONResponse(
             {
                 "access_token": token,
                 "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
-                "token_type": "Bearer",
+                "token_type": "Bearer" if bound_to is None else "DPoP",
                 "expires_in": 300,
                 "scope": "payments:write",
             },
@@ -557,14 +709,16 @@ def csrf_of(html: str) -> str:
 
 
 @asynccontextmanager
-async def demo(key: ECKey, *, stepup_running: bool = True) -> AsyncIterator[Demo]:
-    stepup = FakeStepup()
+async def demo(
+    key: ECKey, *, stepup_running: bool = True, stepup: FakeStepup | None = None
+) -> AsyncIterator[Demo]:
+    stepup = stepup or FakeStepup()
     clock = FrozenClock(NOW)
     routes: dict[str, ASGIApp] = {}
     if stepup_running:
         routes[SETTINGS.stepup_issuer] = stepup.app()
     transport = Origins(routes)
-    client = create_client_app(SETTINGS, key, clock=clock, transport=transport)
+    client = create_client_app(SETTINGS, key, dpop_key=BANK_KEY, clock=clock, transport=transport)
     api = create_payments_api(SETTINGS, clock=clock, transport=transport)
     routes[SETTINGS.client_base] = client
     routes[SETTINGS.api_base] = api
@@ -592,7 +746,10 @@ async def test_client_steps_up_pays_and_revokes_the_elevated_token(key: ECKey) -
         assert query["client_id"] == "demo-bank"
         (pushed,) = bank.stepup.pushed
         assert pushed["subject_token_type"] == TOKEN_TYPE_ACCESS_TOKEN
-        assert jwt.decode(pushed["subject_token"], key).claims["sub"] == "alice"
+        subject = jwt.decode(pushed["subject_token"], key).claims
+        assert subject["sub"] == "alice"
+        # B, minted at sign-in, is bound to the bank's key (RFC 9449 §6.1).
+        assert subject["cnf"] == {"jkt": BANK_JKT}
         assert "insufficient_user_authentication" in pushed["challenge"]
         assert pushed["scope"] == "payments:write"
         assert pushed["resource"] == "http://localhost:8002"
@@ -612,15 +769,59 @@ async def test_client_steps_up_pays_and_revokes_the_elevated_token(key: ECKey) -
         assert exchange["subject_token"] == pushed["subject_token"]
         assert exchange["requested_token_type"] == TOKEN_TYPE_ACCESS_TOKEN
         assert exchange["resource"] == "http://localhost:8002"
+        # The bank proved its key at intake and at the exchange (stepup's own verifier
+        # checked both proofs), so E came back bound to it; the API took E with a proof.
+        assert bank.stepup.proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
+        assert bank.stepup.introspected_by == ["payments-api"]
         assert len(bank.stepup.revoked) == 1
         assert bank.stepup.active == {}
         receipt = await bank.browser.get("/receipt")
         assert receipt.status_code == 200
         assert "Elevated token revoked" in receipt.text
         assert "1225.00" in receipt.text
+        # The receipt shows the key the API saw the approval bound to and proven with.
+        assert "Bound to" in receipt.text
+        assert BANK_JKT in receipt.text
         account = await bank.browser.get("/account")
         assert "1225.00" in account.text
         assert "Bob" in account.text
+
+
+async def pay_through(bank: Demo, amount: str, payee: str) -> httpx.Response:
+    """A payment, approved at the stand-in stepup: the bank's answer to the callback."""
+    redirect = await bank.send_payment(amount, payee)
+    assert redirect.status_code == 303, redirect.text
+    state = bank.stepup.pushed[-1]["state"]
+    code = bank.stepup.approve(request_uri_of(redirect))
+    return await bank.come_back(code=code, state=state, iss=SETTINGS.stepup_issuer)
+
+
+async def test_client_answers_use_dpop_nonce_once_with_stepups_nonce(key: ECKey) -> None:
+    async with demo(key, stepup=FakeStepup(nonce="n-0123456789")) as bank:
+        await bank.sign_in()
+        back = await pay_through(bank, "25.00", "Bob")
+
+    assert back.status_code == 303, back.text
+    assert back.headers["location"] == "/receipt"
+    # RFC 9449 §8: asked once at /par, the nonce is then sent at /token unasked.
+    assert bank.stepup.nonce_refusals == ["/par"]
+    assert bank.stepup.proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
+    assert len(bank.stepup.pushed) == len(bank.stepup.exchanged) == 1
+
+
+async def test_client_refuses_an_elevated_token_not_bound_to_its_key(key: ECKey) -> None:
+    async with demo(key, stepup=FakeStepup(bind=False)) as bank:
+        await bank.sign_in()
+        back = await pay_through(bank, "25.00", "Bob")
+        account = await bank.browser.get("/account")
+
+    assert back.status_code == 502
+    assert "not bound to the bank" in back.text
+    # Never presented to the API, and revoked at once.
+    assert bank.stepup.introspected_by == []
+    assert len(bank.stepup.revoked) == 1
+    assert bank.stepup.active == {}
+    assert "1250.00" in account.text
 
 
 async def test_client_refuses_a_callback_from_another_issuer(key: ECKey) -> None:

@@ -363,3 +363,38 @@ async def test_the_whole_loop_bound_to_one_key(peers: Peers, route: str) -> None
         assert retried.status_code == 200, retried.text
         as_bearer = await api.get(route, headers=bearer(elevated))
         assert as_bearer.status_code == 401
+
+
+# -- a thief's attempt does not spend a single-use token -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scope, route", [("payments:write", "/once-here"), ("audit:read", "/once")]
+)
+async def test_a_thief_trying_a_bound_single_use_token_leaves_it_to_its_holder(
+    peers: Peers, scope: str, route: str
+) -> None:
+    # /once-here is spent by the API itself, /once (audit:read) by stepup's introspection:
+    # the key binding is checked before either, so the thief's tries cost the holder nothing.
+    stepup, key = peers.stepup, DPoPKey()
+    with stepup.browser() as browser:
+        query, verifier, _ = stepup.step_up(browser, None, "alice", scope=scope)
+    exchanged = stepup.token(
+        query["code"][0],
+        verifier,
+        stepup.upstream.token("alice"),
+        headers={"DPoP": key.proof("POST", stepup.url + "/token", iat=stepup.clock.now())},
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    token = exchanged.json()["access_token"]
+    now = stepup.clock.now()
+    async with protected(peers) as (api, _, _):
+        with_another_key = await api.get(route, headers=dpop(token, DPoPKey(), now, route))
+        as_bearer = await api.get(route, headers=bearer(token))
+        holder = await api.get(route, headers=dpop(token, key, now, route))
+        again = await api.get(route, headers=dpop(token, key, now, route))
+    assert with_another_key.status_code == as_bearer.status_code == 401
+    assert 'error="invalid_token"' in with_another_key.headers["www-authenticate"]
+    assert 'error="invalid_token"' in as_bearer.headers["www-authenticate"]
+    assert holder.status_code == 200, holder.text
+    assert again.status_code == 401
