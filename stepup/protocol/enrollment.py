@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +21,7 @@ from stepup.config import Client, Level
 from stepup.errors import InvalidRequest
 from stepup.factors.verify import Attempt
 from stepup.models import Enrollment, Factor
-from stepup.protocol import ceremonies
+from stepup.protocol import ceremonies, dpop_binding
 from stepup.protocol.authorize import (
     STALE_SIGN_IN,
     enrol_context,
@@ -42,10 +42,16 @@ KIND_NAMES = {
 MAX_NAME = 64
 
 
-async def create(services: Services, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+async def create(
+    services: Services, client: Client, form: Mapping[str, str], dpop: Sequence[str] = ()
+) -> dict[str, Any]:
     subject = await services.subjects.validate(
         form.get("subject_token"), form.get("subject_token_type"), client
     )
+    # A DPoP-bound user token opens the factor page only with a proof by its key (RFC 9449).
+    proven = await dpop_binding.proof(services, dpop, "/enroll")
+    if subject.cnf_jkt is not None:
+        dpop_binding.required_key(proven, subject.cnf_jkt, "subject_token")
     return_uri = form.get("redirect_uri")
     if return_uri is not None and return_uri not in client.redirect_uris:
         raise InvalidRequest("redirect_uri is not registered for this client")

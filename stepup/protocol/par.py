@@ -113,27 +113,24 @@ async def _binding(
 ) -> str | None:
     """The key the request is bound to from intake on (RFC 9449 §10): `dpop_jkt`, the key of
     a DPoP proof sent with the request (§10.1: both must agree), or the key the subject token
-    is bound to (cnf.jkt: the elevation stays with the key the user's token is held by)."""
+    is bound to (cnf.jkt: the elevation stays with the key the user's token is held by). A
+    bound subject token is good only with a proof by its key, here as at /token and /enroll:
+    whoever copied it without the key gets nothing done with it."""
     proven = await dpop_binding.proof(services, headers, "/par")
     if proven is not None and dpop_jkt is not None and proven.jkt != dpop_jkt:
         raise InvalidDPoPProof(
             "dpop_jkt is not the key of the DPoP proof",
             detail=f"dpop_jkt {dpop_jkt}, proof {proven.jkt}",
         )
-    jkt = dpop_jkt or (proven.jkt if proven else None)
-    if cnf_jkt is not None:
-        if jkt is not None and jkt != cnf_jkt:
-            if proven is not None and proven.jkt != cnf_jkt:
-                raise InvalidDPoPProof(
-                    "The DPoP proof is not from the key the subject_token is bound to",
-                    detail=f"proof {proven.jkt}, cnf.jkt {cnf_jkt}",
-                )
-            raise InvalidRequest(
-                "dpop_jkt is not the key the subject_token is bound to",
-                detail=f"dpop_jkt {jkt}, cnf.jkt {cnf_jkt}",
-            )
-        jkt = cnf_jkt
-    return jkt
+    if cnf_jkt is None:
+        return dpop_jkt or (proven.jkt if proven else None)
+    if dpop_jkt is not None and dpop_jkt != cnf_jkt:
+        raise InvalidRequest(
+            "dpop_jkt is not the key the subject_token is bound to",
+            detail=f"dpop_jkt {dpop_jkt}, cnf.jkt {cnf_jkt}",
+        )
+    dpop_binding.required_key(proven, cnf_jkt, "subject_token")
+    return cnf_jkt
 
 
 # RFC 8252 §7.3: a native app's loopback listener gets its port from the system at run time.

@@ -171,7 +171,9 @@ async def revoke(request: Request, services: Services) -> Response:
 async def enroll(request: Request, services: Services) -> Response:
     form = await read_form(request)
     client = authenticate_client(services.config, _authorization(request), form)
-    return JSONResponse(await enrollment.create(services, client, form), 201, headers=NO_STORE)
+    created = await enrollment.create(services, client, form, request.headers.getlist("dpop"))
+    headers = {**NO_STORE, **dpop_binding.nonce_headers(services)}
+    return JSONResponse(created, 201, headers=headers)
 
 
 @endpoint

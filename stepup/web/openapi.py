@@ -57,7 +57,13 @@ _TOKEN_ERRORS = [
 ]
 _INTROSPECT_ERRORS = ["invalid_request"]
 _REVOKE_ERRORS = ["invalid_request", "unauthorized_client", "unsupported_token_type"]
-_ENROLL_ERRORS = ["invalid_request", "unauthorized_client", "unsupported_token_type"]
+_ENROLL_ERRORS = [
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_token_type",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+]
 
 CLIENT_AUTH: list[dict[str, list[str]]] = [{"client": []}]
 RESOURCE_SERVER_AUTH: list[dict[str, list[str]]] = [{"resourceServer": []}]
@@ -390,14 +396,15 @@ def _enroll_operation() -> Schema:
             "operationId": "createEnrollment",
             "summary": "A one-time enrolment link for the user's browser",
             "security": CLIENT_AUTH,
+            "parameters": _dpop_header(),
             "requestBody": _form(properties, ["subject_token", "subject_token_type"]),
             "responses": {
                 "201": {
                     "description": "The enrolment link.",
-                    "headers": _no_store(),
+                    "headers": {**_no_store(), **_dpop_nonce()},
                     "content": _json(_ref("EnrollmentResponse")),
                 },
-                **_errors(_ENROLL_ERRORS),
+                **_errors(_ENROLL_ERRORS, dpop=True),
             },
         }
     }

@@ -166,16 +166,20 @@ def test_a_user_token_bound_by_oidc_provider_is_exchanged_only_with_its_key(
     b = fresh.user_token(dpop_key=key)
     assert claims_of(b)["cnf"] == {"jkt": key.jkt}  # oidc-provider's thumbprint, RFC 7638
     stepup = fresh.stepup
+
+    def proof(by: DPoPKey, path: str = "/token") -> dict[str, str]:
+        return {"DPoP": by.proof("POST", stepup.url + path, iat=stepup.clock.now())}
+
     verifier, challenge = pkce()
-    pushed = stepup.par(b, code_challenge=challenge)
+    # Without a proof by its key the bound token pushes nothing.
+    refused = stepup.par(b, code_challenge=challenge)
+    assert refused.json()["error"] == "invalid_dpop_proof"
+    pushed = stepup.par(b, code_challenge=challenge, headers=proof(key, "/par"))
     assert pushed.status_code == 201, pushed.text
     location = fresh.approve(
         f"{stepup.url}/authorize?client_id={CLIENT_ID}&request_uri={pushed.json()['request_uri']}"
     )
     code = parse_qs(urlsplit(location).query)["code"][0]
-
-    def proof(by: DPoPKey) -> dict[str, str]:
-        return {"DPoP": by.proof("POST", stepup.url + "/token", iat=stepup.clock.now())}
 
     assert stepup.token(code, verifier, b).json()["error"] == "invalid_dpop_proof"
     assert stepup.token(code, verifier, b, headers=proof(thief)).json()["error"] == (

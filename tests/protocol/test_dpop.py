@@ -94,7 +94,9 @@ def test_other_allowed_algorithms_bind_too(stepup: Stepup, alg: str) -> None:
 def test_a_bound_subject_token_needs_a_proof_from_its_key(stepup: Stepup) -> None:
     key, thief = DPoPKey(), DPoPKey()
     bound = stepup.upstream.token(cnf={"jkt": key.jkt})
-    code, verifier = elevate(stepup, subject_token=bound)
+    code, verifier = elevate(
+        stepup, subject_token=bound, headers=proof_header(key, stepup, PAR_URL)
+    )
     assert_oauth_error(exchange(stepup, code, verifier, None, bound), 400, "invalid_dpop_proof")
     assert_oauth_error(exchange(stepup, code, verifier, thief, bound), 400, "invalid_dpop_proof")
     # Refused before the code was spent: the holder of the key still gets its token.
@@ -155,6 +157,37 @@ def test_intake_refuses_a_proof_by_another_key_than_the_subject_tokens(stepup: S
     bound = stepup.upstream.token(cnf={"jkt": key.jkt})
     response = stepup.par(bound, headers=proof_header(other, stepup, PAR_URL))
     assert_oauth_error(response, 400, "invalid_dpop_proof")
+
+
+def test_a_bound_subject_token_is_refused_at_intake_without_a_proof_by_its_key(
+    stepup: Stepup,
+) -> None:
+    key = DPoPKey()
+    bound = stepup.upstream.token(cnf={"jkt": key.jkt})
+    # Copied without the key (with the client's credentials too): nothing is pushed.
+    assert_oauth_error(stepup.par(bound), 400, "invalid_dpop_proof")
+    response = stepup.par(bound, headers=proof_header(key, stepup, PAR_URL))
+    assert response.status_code == 201, response.text
+
+
+def test_a_bound_subject_token_opens_the_factor_page_only_with_a_proof_by_its_key(
+    stepup: Stepup,
+) -> None:
+    key, thief = DPoPKey(), DPoPKey()
+    bound = stepup.upstream.token(cnf={"jkt": key.jkt})
+    body = {"subject_token": bound, "subject_token_type": ACCESS_TOKEN_TYPE}
+    auth = (CLIENT_ID, CLIENT_SECRET)
+    enroll_url = "http://localhost:8000/enroll"
+
+    def enroll(headers: dict[str, str] | None) -> httpx.Response:
+        return stepup.http.post("/enroll", data=body, auth=auth, headers=headers)
+
+    assert_oauth_error(enroll(None), 400, "invalid_dpop_proof")
+    assert_oauth_error(enroll(proof_header(thief, stepup, enroll_url)), 400, "invalid_dpop_proof")
+    assert_oauth_error(enroll(proof_header(key, stepup, PAR_URL)), 400, "invalid_dpop_proof")
+    created = enroll(proof_header(key, stepup, enroll_url))
+    assert created.status_code == 201, created.text
+    assert created.json()["enrollment_uri"].startswith("http://localhost:8000/enroll/")
 
 
 def test_intake_refuses_a_proof_for_the_token_endpoint(stepup: Stepup) -> None:
