@@ -304,14 +304,14 @@ class _Bank:
         _, session = await self._checked_form_session(request)
         _require_user(session)
         endpoint = _endpoint(await self._metadata(), "enrollment_endpoint")
-        response = await self._client().post(
+        # B is bound to the bank's key: stepup takes it only with a proof by that key.
+        response = await self._post_proven(
             endpoint,
-            data={
+            {
                 "subject_token": session.upstream_token or "",
                 "subject_token_type": TOKEN_TYPE_ACCESS_TOKEN,
                 "redirect_uri": self.settings.account_uri,
             },
-            headers=self._client_auth(),
         )
         body = _json_object(response)
         link = body.get("enrollment_uri") if body else None
