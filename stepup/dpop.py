@@ -244,6 +244,11 @@ async def verify_proof(
         raise ProofError(
             "The DPoP proof's algorithm is not accepted", detail=f"alg {str(alg)[:20]!r}"
         )
+    # RFC 7515 §4.1.11: a JWS whose `crit` lists an extension the recipient does not
+    # understand must be rejected. DPoP defines none, so any `crit` is refused here, before
+    # the JOSE library reads it (a `crit` that is no list of names made it raise TypeError).
+    if "crit" in header:
+        raise ProofError("The DPoP proof's crit header is not supported", detail="crit")
     # Step 7 before 6: the key the signature is checked with must be a public key.
     key = _public_key(header.get("jwk"))
     # Step 6: the signature verifies with that key.
@@ -252,7 +257,8 @@ async def verify_proof(
             warnings.simplefilter("ignore", SecurityWarning)
             verified = jws.deserialize_compact(value, key, registry=_registry(alg))
         claims = json.loads(verified.payload)
-    except (JoseError, ValueError, UnicodeDecodeError) as exc:
+    except (JoseError, ValueError, TypeError) as exc:
+        # TypeError: the JOSE library meeting a header member of a shape it does not expect.
         raise ProofError("The DPoP proof's signature does not verify", detail=str(exc)) from exc
     if not isinstance(claims, dict):
         raise ProofError("The DPoP proof is not a JWT", detail="payload not an object")

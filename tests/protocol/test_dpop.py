@@ -204,6 +204,20 @@ BAD_PROOFS: dict[str, Callable[[DPoPKey, float], list[str]]] = {
     "6: signed by another key": lambda k, now: [
         k.proof("POST", TOKEN_URL, iat=now, signer=OTHER_KEY.key)
     ],
+    # JWS crit (RFC 7515 §4.1.11) must be a list of names; any other shape once broke the
+    # JOSE library's header check with a TypeError (a 500).
+    "6: crit a number": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": 5}, raw=True)
+    ],
+    "6: crit a string": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": "exp"}, raw=True)
+    ],
+    "6: crit lists a number": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": [5]}, raw=True)
+    ],
+    "6: crit names an unknown header": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": ["x"], "x": 1}, raw=True)
+    ],
     "7: private key in jwk": lambda k, now: [
         k.proof("POST", TOKEN_URL, iat=now, header={"jwk": _private_jwk(k)})
     ],

@@ -161,6 +161,12 @@ BAD: dict[str, Callable[[DPoPKey, str, float], list[str]]] = {
     "6: signed by another key": lambda k, t, now: [
         k.proof("GET", API + "/pay", iat=now, access_token=t, signer=OTHER.key)
     ],
+    "6: crit a number": lambda k, t, now: [
+        k.proof("GET", API + "/pay", iat=now, access_token=t, header={"crit": 5}, raw=True)
+    ],
+    "6: crit lists a number": lambda k, t, now: [
+        k.proof("GET", API + "/pay", iat=now, access_token=t, header={"crit": [5]}, raw=True)
+    ],
     "7: private key in jwk": lambda k, t, now: [
         k.proof(
             "GET",
