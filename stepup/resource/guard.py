@@ -5,7 +5,7 @@ request's Authorization header against one route's requirement. Framework-free: 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +24,13 @@ from stepup.resource.refusals import (
     Refusal,
 )
 from stepup.resource.requirement import Requirement, check
-from stepup.resource.tokens import MAX_TOKEN_LENGTH, AccessToken, TokenVerifier, TrustedIssuer
+from stepup.resource.tokens import (
+    MAX_TOKEN_LENGTH,
+    AccessToken,
+    TokenVerifier,
+    TrustedIssuer,
+    unverified_parts,
+)
 
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token; RFC 9449 §7.1: the same after "DPoP".
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
@@ -227,10 +233,14 @@ class Guard:
             raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
 
     def _bound(self, token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
-        cnf = token.claims.get("cnf")
+        self._check_binding(token.claims, proof)
+        return token
+
+    def _check_binding(self, claims: Mapping[str, Any], proof: dpop.Proof | None) -> None:
+        cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if jkt is None and proof is None:
-            return token
+            return
         if proof is None:
             # RFC 9449 §7.2: a bound token presented as a Bearer token is refused; whoever
             # holds it without the key (a thief) gets nothing from it.
@@ -245,7 +255,6 @@ class Guard:
             raise InvalidToken(
                 "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"
             )
-        return token
 
     async def _verify(
         self, token: str, requirement: Requirement, proof: dpop.Proof | None = None
@@ -272,6 +281,13 @@ class Guard:
             # revoke; if not, invalid_token.
             self._bound(await verifier.verify_jwt(token), proof)
             raise requirement.step_up(detail="token cannot be introspected")
+        # Asking stepup spends a single-use token. A JWT says itself which key it is bound
+        # to: whoever presents it without that key (a thief, RFC 9449 §7.2) is refused before
+        # the question, so they cannot burn the owner's one use. Its claims are unverified
+        # here, but only ever refuse: a token edited to pass this fails at stepup unspent.
+        parts = unverified_parts(token)
+        if parts is not None:
+            self._check_binding(parts[1], proof)
         introspected = await verifier.introspect(
             token,
             issuer,
