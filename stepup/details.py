@@ -274,7 +274,11 @@ def parse(
     if len(raw) > MAX_LENGTH:
         raise InvalidAuthorizationDetails(f"authorization_details is longer than {MAX_LENGTH}")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_names)
+    except _DuplicateName as exc:
+        raise InvalidAuthorizationDetails(
+            f"authorization_details names {str(exc)[:64]!r} twice in one object"
+        ) from exc
     except (ValueError, RecursionError) as exc:
         raise InvalidAuthorizationDetails("authorization_details is not valid JSON") from exc
     if not isinstance(value, list) or not value:
@@ -309,6 +313,23 @@ def parse(
                 )
         details.append(detail)
     return details
+
+
+class _DuplicateName(ValueError):
+    pass
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 §4: with a name twice, parsers differ on which value wins. The client, a
+    # filter in front of stepup and stepup itself could each read another transaction.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateName(name)
+            seen.add(name)
+    return value
 
 
 def _check_object(
