@@ -396,15 +396,27 @@ def narrowed(
     types: Mapping[str, DetailType],
 ) -> bool:
     """Whether each requested detail is one approved, or one with fewer list items
-    (`actions`, `locations`, …). Leaving a field out is not narrower: it would lift a
-    constraint (no payee means any payee), so every approved field must be repeated."""
-    return all(
-        any(
-            d.get("type") == a.get("type") and _within(d, a, types[str(d["type"])].fields)
-            for a in approved
-        )
+    (`actions`, `locations`, …), each approved detail standing for one requested detail at
+    most: one payment repeated, or split by its actions, would be two payments. Leaving a
+    field out is not narrower: it would lift a constraint (no payee means any payee), so
+    every approved field must be repeated."""
+    fits = [
+        [
+            i
+            for i, a in enumerate(approved)
+            if d.get("type") == a.get("type") and _within(d, a, types[str(d["type"])].fields)
+        ]
         for d in requested
-    )
+    ]
+    return _one_to_one(fits, set())
+
+
+def _one_to_one(fits: Sequence[Sequence[int]], taken: set[int]) -> bool:
+    # A matching of the requested details (rows) to distinct approved ones; at most
+    # MAX_DETAILS of each, so trying every choice stays small.
+    if not fits:
+        return True
+    return any(_one_to_one(fits[1:], taken | {choice}) for choice in fits[0] if choice not in taken)
 
 
 def _within(

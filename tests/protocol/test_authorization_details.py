@@ -208,6 +208,14 @@ WIDER: dict[str, list[dict[str, Any]]] = {
     "a field added": [payment("500.00", actions=["initiate", "status"], locations=[API])],
     "an action added": [payment("20.00", payee="Corner Shop", actions=["initiate"])],
     "another detail added": [*APPROVED, payment("1.00")],
+    # One approved payment is one payment: repeated, or split by its actions, it would pay
+    # twice at an API that executes each detail of the token.
+    "an approved payment twice": [APPROVED[0], APPROVED[0]],
+    "the other approved payment twice": [APPROVED[1], APPROVED[1], APPROVED[0]],
+    "one payment split in two": [
+        payment("500.00", actions=["initiate"]),
+        payment("500.00", actions=["status"]),
+    ],
 }
 
 
