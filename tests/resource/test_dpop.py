@@ -12,8 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from stepup.resource import Guard
+from stepup.resource import Guard, Requirement, StepUpMiddleware, requires
 from stepup.storage.embedded import EmbeddedRedis
 from tests.resource.apps import resource, starlette_app
 from tests.resource.conftest import Peers, bearer, protected
@@ -369,3 +374,40 @@ async def test_the_whole_loop_bound_to_one_key(peers: Peers, route: str) -> None
         assert retried.status_code == 200, retried.text
         as_bearer = await api.get(route, headers=bearer(elevated))
         assert as_bearer.status_code == 401
+
+
+# -- htu of a path with percent-encoded characters -------------------------------------------
+
+
+def _accounts_app(guard: Guard) -> Starlette:
+    @requires(Requirement("payments:write"))
+    async def account(request: Request) -> JSONResponse:
+        return JSONResponse({"name": request.path_params["name"]})
+
+    return Starlette(
+        routes=[Route("/accounts/{name}", account)],
+        middleware=[Middleware(StepUpMiddleware, guard=guard)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"), [("café", "caf%C3%A9"), ("Bob Bikes", "Bob%20Bikes"), ("50%", "50%25")]
+)
+async def test_a_percent_encoded_path_is_compared_as_the_client_sent_it(
+    peers: Peers, name: str, encoded: str
+) -> None:
+    # RFC 9449 §4.3 step 9 compares htu with the target URI the client used: the path as it
+    # travelled, percent-encoding and all (RFC 3986 §2.1), not the server's decoded form.
+    key = DPoPKey()
+    token = bound_token(peers.stepup, key)
+    guard = Guard(
+        resource(peers.stepup.url, upstream_jwks=peers.upstream_jwks), clock=peers.stepup.clock
+    )
+    path = f"/accounts/{encoded}"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_accounts_app(guard)), base_url=API
+    ) as api:
+        response = await api.get(path, headers=dpop(token, key, peers.stepup.clock.now(), path))
+    await guard.aclose()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"name": name}
