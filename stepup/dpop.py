@@ -342,7 +342,9 @@ class Nonces:
 
 class MemoryReplayCache:
     """A bounded in-process `ClaimOnce` (one resource-server process). Entries leave when
-    their time is up; when full, the one closest to expiry goes first."""
+    their time is up. When it is full of live entries a new claim is refused: forgetting a
+    live entry would let its proof be replayed, and anyone can fill the cache with proofs
+    of a key of their own. Fail closed; size it for the proofs one `ttl` brings."""
 
     def __init__(self, clock: Callable[[], float], size: int = 65_536) -> None:
         self._clock = clock
@@ -354,13 +356,16 @@ class MemoryReplayCache:
 
     async def __call__(self, key: str, ttl: int) -> bool:
         now = self._clock()
+        # Insertion order is expiry order: one verifier claims with one ttl.
         while self._seen:
             oldest, until = next(iter(self._seen.items()))
-            if until > now and len(self._seen) < self._size:
+            if until > now:
                 break
             del self._seen[oldest]
         seen = self._seen.get(key)
         if seen is not None and seen > now:
+            return False
+        if len(self._seen) >= self._size:
             return False
         self._seen[key] = now + ttl
         self._seen.move_to_end(key)

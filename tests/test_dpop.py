@@ -186,8 +186,34 @@ def test_the_memory_cache_claims_once_forgets_after_ttl_and_stays_bounded() -> N
         assert not await cache("a", 10)
         clock.advance(10)
         assert await cache("a", 10)  # its time was up
-        for name in "bcde":
+        for name in "bc":
             assert await cache(name, 10)
+        assert len(cache) == 3
+        clock.advance(10)
+        for name in "def":  # a, b, c expired: their places are free again
+            assert await cache(name, 10)
+        assert len(cache) == 3
+
+    asyncio.run(run())
+
+
+def test_a_full_memory_cache_refuses_new_proofs_rather_than_forget_a_live_one() -> None:
+    # Evicting a live entry would let its proof be replayed: anyone can fill the cache with
+    # proofs of their own key (the jti is claimed before the token is verified) and then
+    # replay a captured proof of the victim within its iat window. Fail closed instead.
+    clock = FrozenClock(1000)
+    cache = dpop.MemoryReplayCache(clock.now, size=3)
+
+    async def run() -> None:
+        assert await cache("victim", 66)
+        for name in ("flood-1", "flood-2"):
+            clock.advance(1)
+            assert await cache(name, 66)
+        clock.advance(1)
+        assert not await cache("flood-3", 66)  # full of live entries: refused
+        assert not await cache("victim", 66)  # and the victim's proof is still remembered
+        clock.advance(63)  # the victim's entry expires with its proof's window
+        assert await cache("flood-3", 66)
         assert len(cache) == 3
 
     asyncio.run(run())
