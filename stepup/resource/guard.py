@@ -29,6 +29,7 @@ from stepup.resource.tokens import (
     AccessToken,
     TokenVerifier,
     TrustedIssuer,
+    token_from_claims,
     unverified_parts,
 )
 
@@ -264,6 +265,9 @@ class Guard:
             checked = self._bound(await verifier.verify_jwt(token), proof)
             if checked.claims.get("single_use") is not True:
                 return checked
+            # Asking stepup spends it: a route this token cannot satisfy refuses it first,
+            # so the client keeps its one use for a route it was made for.
+            check(checked, requirement, self.levels, self.clock.now(), self.resource.leeway)
             # stepup marks the tokens its policy makes single use: only introspection
             # consumes one, so a signature check alone would accept it again and again.
             issuer = verifier.introspecting_issuer(token)
@@ -285,9 +289,21 @@ class Guard:
         # to: whoever presents it without that key (a thief, RFC 9449 §7.2) is refused before
         # the question, so they cannot burn the owner's one use. Its claims are unverified
         # here, but only ever refuse: a token edited to pass this fails at stepup unspent.
+        # The same for a route this token cannot satisfy (stepup marks its single-use tokens).
         parts = unverified_parts(token)
         if parts is not None:
             self._check_binding(parts[1], proof)
+            if parts[1].get("single_use") is True:
+                now = self.clock.now()
+                claimed = token_from_claims(
+                    parts[1],
+                    issuer=issuer.issuer,
+                    resource=self.resource.resource,
+                    now=now,
+                    leeway=self.resource.leeway,
+                    introspected=False,
+                )
+                check(claimed, requirement, self.levels, now, self.resource.leeway)
         introspected = await verifier.introspect(
             token,
             issuer,
