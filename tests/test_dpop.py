@@ -270,3 +270,22 @@ def test_check_lists_every_dpop_problem(tmp_path: Path) -> None:
         "unknown key 'surprise'",
     ):
         assert fragment in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("iat_offset", [-60, -30, 0, 5])
+def test_a_proof_is_never_accepted_again_while_its_iat_is_in_the_window(iat_offset: int) -> None:
+    # The replay entry lives window + skew + 1 s from first sight; the proof is in its window
+    # until iat + window. Even a proof dated the full skew ahead, first seen at once, is
+    # remembered past the last second its iat passes: no gap where it works twice.
+    clock = FrozenClock(1000)
+    cache = dpop.MemoryReplayCache(clock.now)
+    proof = DPoPKey().proof("GET", "https://api.example/pay", iat=1000 + iat_offset)
+    first = _verify(proof, clock.now(), claim=cache)
+    assert first.iat == 1000 + iat_offset
+    outcomes = set()
+    for _ in range(160):
+        clock.advance(0.5)
+        with pytest.raises(dpop.ProofError) as refused:
+            _verify(proof, clock.now(), claim=cache)
+        outcomes.add(refused.value.description)
+    assert outcomes <= {"The DPoP proof was already used", "The DPoP proof is too old or too new"}
