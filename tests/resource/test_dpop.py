@@ -411,3 +411,27 @@ async def test_a_percent_encoded_path_is_compared_as_the_client_sent_it(
     await guard.aclose()
     assert response.status_code == 200, response.text
     assert response.json() == {"name": name}
+
+
+async def test_proofs_sent_with_forged_tokens_take_no_place_in_the_replay_cache(
+    peers: Peers, route: str
+) -> None:
+    # The replay cache is bounded and, when full of live proofs, refuses new ones. A proof's
+    # jti is claimed only behind a token that verifies, so an attacker with no token cannot
+    # fill it (and shut DPoP out) with proofs of a key of their own.
+    key, attacker = DPoPKey(), DPoPKey()
+    token = bound_token(peers.stepup, key)
+    forged = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2ln"
+    now = peers.stepup.clock.now()
+    async with protected(peers, dpop_replay_cache_size=2) as (api, _, _):
+        flood = [await api.get(route, headers=dpop(forged, attacker, now, route)) for _ in range(5)]
+        owner = await api.get(route, headers=dpop(token, key, now, route))
+        replayed_headers = dpop(token, key, now, route)
+        first = await api.get(route, headers=replayed_headers)
+        replayed = await api.get(route, headers=replayed_headers)
+    assert {answer.status_code for answer in flood} == {401}
+    assert {answer.json()["error"] for answer in flood} == {"invalid_token"}
+    assert owner.status_code == 200, owner.text
+    assert first.status_code == 200, first.text
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_dpop_proof"
