@@ -311,16 +311,19 @@ class Nonces:
     """Server nonces without per-nonce state (RFC 9449 §8): a nonce names a time slot and
     carries an HMAC of it under a key every instance shares, so any instance checks any
     other's nonce. The current slot's nonce is handed out; it and the previous slot's pass,
-    so a nonce lives between one and two slots."""
+    so a nonce lives between one and two slots. `older` keys (a rotation: instances restart
+    one by one) still check, so a nonce from an instance not yet restarted passes here."""
 
-    def __init__(self, key: bytes, slot: int) -> None:
-        if len(key) < 32 or slot < 1:
-            raise ValueError("a nonce key of at least 32 bytes and a positive slot length")
+    def __init__(self, key: bytes, slot: int, *, older: Sequence[bytes] = ()) -> None:
+        if any(len(k) < 32 for k in (key, *older)) or slot < 1:
+            raise ValueError("nonce keys of at least 32 bytes and a positive slot length")
         self._key = key
+        self._older = tuple(older)
         self._slot = slot
 
-    def _mac(self, slot: int) -> str:
-        tag = hmac.new(self._key, f"dpop-nonce:{slot}".encode(), hashlib.sha256).digest()[:18]
+    def _mac(self, slot: int, key: bytes | None = None) -> str:
+        message = f"dpop-nonce:{slot}".encode()
+        tag = hmac.new(key or self._key, message, hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(tag).decode()
 
     def current(self, now: float) -> str:
@@ -337,7 +340,10 @@ class Nonces:
         current = int(now) // self._slot
         if slot not in (current, current - 1):
             return False
-        return hmac.compare_digest(tag.encode(), self._mac(slot).encode())
+        return any(
+            hmac.compare_digest(tag.encode(), self._mac(slot, key).encode())
+            for key in (self._key, *self._older)
+        )
 
 
 class MemoryReplayCache:

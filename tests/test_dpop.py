@@ -174,6 +174,15 @@ def test_a_nonce_under_another_key_or_edited_fails() -> None:
     assert not dpop.Nonces(b"k" * 32, 300).valid(None, 600)
 
 
+def test_a_nonce_under_a_key_rotated_out_still_passes_and_new_ones_use_the_new_key() -> None:
+    before = dpop.Nonces(b"o" * 32, 300).current(600)
+    after = dpop.Nonces(b"n" * 32, 300, older=[b"o" * 32])
+    assert after.valid(before, 600)
+    assert after.valid(before, 1199) and not after.valid(before, 1200)  # same lifetime
+    assert not dpop.Nonces(b"o" * 32, 300).valid(after.current(600), 600)
+    assert not after.valid(dpop.Nonces(b"x" * 32, 300).current(600), 600)
+
+
 # -- the in-memory replay cache -------------------------------------------------------------
 
 
