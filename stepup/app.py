@@ -100,7 +100,11 @@ def build_services(
         audit=audit,
         verifier=Verifier(store, sealer, throttle, clock, audit, config.relying_party),
         elevations=elevations,
-        nonces=Nonces(sealer.derive_key("dpop-nonce"), config.dpop.nonce_lifetime),
+        nonces=Nonces(
+            sealer.derive_key("dpop-nonce"),
+            config.dpop.nonce_lifetime,
+            older=sealer.derive_older_keys("dpop-nonce"),
+        ),
     )
 
 

@@ -274,7 +274,11 @@ def parse(
     if len(raw) > MAX_LENGTH:
         raise InvalidAuthorizationDetails(f"authorization_details is longer than {MAX_LENGTH}")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_names)
+    except _DuplicateName as exc:
+        raise InvalidAuthorizationDetails(
+            f"authorization_details names {str(exc)[:64]!r} twice in one object"
+        ) from exc
     except (ValueError, RecursionError) as exc:
         raise InvalidAuthorizationDetails("authorization_details is not valid JSON") from exc
     if not isinstance(value, list) or not value:
@@ -309,6 +313,23 @@ def parse(
                 )
         details.append(detail)
     return details
+
+
+class _DuplicateName(ValueError):
+    pass
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 §4: with a name twice, parsers differ on which value wins. The client, a
+    # filter in front of stepup and stepup itself could each read another transaction.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateName(name)
+            seen.add(name)
+    return value
 
 
 def _check_object(
@@ -375,15 +396,27 @@ def narrowed(
     types: Mapping[str, DetailType],
 ) -> bool:
     """Whether each requested detail is one approved, or one with fewer list items
-    (`actions`, `locations`, …). Leaving a field out is not narrower: it would lift a
-    constraint (no payee means any payee), so every approved field must be repeated."""
-    return all(
-        any(
-            d.get("type") == a.get("type") and _within(d, a, types[str(d["type"])].fields)
-            for a in approved
-        )
+    (`actions`, `locations`, …), each approved detail standing for one requested detail at
+    most: one payment repeated, or split by its actions, would be two payments. Leaving a
+    field out is not narrower: it would lift a constraint (no payee means any payee), so
+    every approved field must be repeated."""
+    fits = [
+        [
+            i
+            for i, a in enumerate(approved)
+            if d.get("type") == a.get("type") and _within(d, a, types[str(d["type"])].fields)
+        ]
         for d in requested
-    )
+    ]
+    return _one_to_one(fits, set())
+
+
+def _one_to_one(fits: Sequence[Sequence[int]], taken: set[int]) -> bool:
+    # A matching of the requested details (rows) to distinct approved ones; at most
+    # MAX_DETAILS of each, so trying every choice stays small.
+    if not fits:
+        return True
+    return any(_one_to_one(fits[1:], taken | {choice}) for choice in fits[0] if choice not in taken)
 
 
 def _within(

@@ -221,6 +221,11 @@ async def verify_proof(
         raise ProofError(
             "The DPoP proof's algorithm is not accepted", detail=f"alg {str(alg)[:20]!r}"
         )
+    # RFC 7515 §4.1.11: a JWS whose `crit` lists an extension the recipient does not
+    # understand must be rejected. DPoP defines none, so any `crit` is refused here, before
+    # the JOSE library reads it (a `crit` that is no list of names made it raise TypeError).
+    if "crit" in header:
+        raise ProofError("The DPoP proof's crit header is not supported", detail="crit")
     # Step 7 before 6: the key the signature is checked with must be a public key.
     key = _public_key(header.get("jwk"))
     # Step 6: the signature verifies with that key.
@@ -229,7 +234,8 @@ async def verify_proof(
             warnings.simplefilter("ignore", SecurityWarning)
             verified = jws.deserialize_compact(value, key, registry=_registry(alg))
         claims = json.loads(verified.payload)
-    except (JoseError, ValueError, UnicodeDecodeError) as exc:
+    except (JoseError, ValueError, TypeError) as exc:
+        # TypeError: the JOSE library meeting a header member of a shape it does not expect.
         raise ProofError("The DPoP proof's signature does not verify", detail=str(exc)) from exc
     if not isinstance(claims, dict):
         raise ProofError("The DPoP proof is not a JWT", detail="payload not an object")
@@ -282,16 +288,19 @@ class Nonces:
     """Server nonces without per-nonce state (RFC 9449 §8): a nonce names a time slot and
     carries an HMAC of it under a key every instance shares, so any instance checks any
     other's nonce. The current slot's nonce is handed out; it and the previous slot's pass,
-    so a nonce lives between one and two slots."""
+    so a nonce lives between one and two slots. `older` keys (a rotation: instances restart
+    one by one) still check, so a nonce from an instance not yet restarted passes here."""
 
-    def __init__(self, key: bytes, slot: int) -> None:
-        if len(key) < 32 or slot < 1:
-            raise ValueError("a nonce key of at least 32 bytes and a positive slot length")
+    def __init__(self, key: bytes, slot: int, *, older: Sequence[bytes] = ()) -> None:
+        if any(len(k) < 32 for k in (key, *older)) or slot < 1:
+            raise ValueError("nonce keys of at least 32 bytes and a positive slot length")
         self._key = key
+        self._older = tuple(older)
         self._slot = slot
 
-    def _mac(self, slot: int) -> str:
-        tag = hmac.new(self._key, f"dpop-nonce:{slot}".encode(), hashlib.sha256).digest()[:18]
+    def _mac(self, slot: int, key: bytes | None = None) -> str:
+        message = f"dpop-nonce:{slot}".encode()
+        tag = hmac.new(key or self._key, message, hashlib.sha256).digest()[:18]
         return base64.urlsafe_b64encode(tag).decode()
 
     def current(self, now: float) -> str:
@@ -308,12 +317,17 @@ class Nonces:
         current = int(now) // self._slot
         if slot not in (current, current - 1):
             return False
-        return hmac.compare_digest(tag.encode(), self._mac(slot).encode())
+        return any(
+            hmac.compare_digest(tag.encode(), self._mac(slot, key).encode())
+            for key in (self._key, *self._older)
+        )
 
 
 class MemoryReplayCache:
     """A bounded in-process `ClaimOnce` (one resource-server process). Entries leave when
-    their time is up; when full, the one closest to expiry goes first."""
+    their time is up. When it is full of live entries a new claim is refused: forgetting a
+    live entry would let its proof be replayed, and anyone can fill the cache with proofs
+    of a key of their own. Fail closed; size it for the proofs one `ttl` brings."""
 
     def __init__(self, clock: Callable[[], float], size: int = 65_536) -> None:
         self._clock = clock
@@ -325,13 +339,16 @@ class MemoryReplayCache:
 
     async def __call__(self, key: str, ttl: int) -> bool:
         now = self._clock()
+        # Insertion order is expiry order: one verifier claims with one ttl.
         while self._seen:
             oldest, until = next(iter(self._seen.items()))
-            if until > now and len(self._seen) < self._size:
+            if until > now:
                 break
             del self._seen[oldest]
         seen = self._seen.get(key)
         if seen is not None and seen > now:
+            return False
+        if len(self._seen) >= self._size:
             return False
         self._seen[key] = now + ttl
         self._seen.move_to_end(key)

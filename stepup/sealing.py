@@ -68,12 +68,21 @@ class Sealer:
     def derive_key(self, purpose: str) -> bytes:
         """A key of its own for `purpose` (HKDF-SHA256 from the current factor key): every
         instance sharing the factor key file derives the same one, and it opens nothing."""
-        return HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=f"stepup {purpose}".encode()
-        ).derive(self._raw[self._current])
+        return _derive(self._raw[self._current], purpose)
+
+    def derive_older_keys(self, purpose: str) -> list[bytes]:
+        """`derive_key(purpose)` under each key that is no longer current (after a rotation)."""
+        return [
+            _derive(raw, purpose) for key_id, raw in self._raw.items() if key_id != self._current
+        ]
 
     def is_current(self, sealed: str) -> bool:
         return sealed.partition(":")[0] == self._current
+
+
+def _derive(raw: bytes, purpose: str) -> bytes:
+    info = f"stepup {purpose}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
 
 def new_key_line() -> str:

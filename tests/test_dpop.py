@@ -174,6 +174,15 @@ def test_a_nonce_under_another_key_or_edited_fails() -> None:
     assert not dpop.Nonces(b"k" * 32, 300).valid(None, 600)
 
 
+def test_a_nonce_under_a_key_rotated_out_still_passes_and_new_ones_use_the_new_key() -> None:
+    before = dpop.Nonces(b"o" * 32, 300).current(600)
+    after = dpop.Nonces(b"n" * 32, 300, older=[b"o" * 32])
+    assert after.valid(before, 600)
+    assert after.valid(before, 1199) and not after.valid(before, 1200)  # same lifetime
+    assert not dpop.Nonces(b"o" * 32, 300).valid(after.current(600), 600)
+    assert not after.valid(dpop.Nonces(b"x" * 32, 300).current(600), 600)
+
+
 # -- the in-memory replay cache -------------------------------------------------------------
 
 
@@ -186,8 +195,34 @@ def test_the_memory_cache_claims_once_forgets_after_ttl_and_stays_bounded() -> N
         assert not await cache("a", 10)
         clock.advance(10)
         assert await cache("a", 10)  # its time was up
-        for name in "bcde":
+        for name in "bc":
             assert await cache(name, 10)
+        assert len(cache) == 3
+        clock.advance(10)
+        for name in "def":  # a, b, c expired: their places are free again
+            assert await cache(name, 10)
+        assert len(cache) == 3
+
+    asyncio.run(run())
+
+
+def test_a_full_memory_cache_refuses_new_proofs_rather_than_forget_a_live_one() -> None:
+    # Evicting a live entry would let its proof be replayed: anyone can fill the cache with
+    # proofs of their own key (the jti is claimed before the token is verified) and then
+    # replay a captured proof of the victim within its iat window. Fail closed instead.
+    clock = FrozenClock(1000)
+    cache = dpop.MemoryReplayCache(clock.now, size=3)
+
+    async def run() -> None:
+        assert await cache("victim", 66)
+        for name in ("flood-1", "flood-2"):
+            clock.advance(1)
+            assert await cache(name, 66)
+        clock.advance(1)
+        assert not await cache("flood-3", 66)  # full of live entries: refused
+        assert not await cache("victim", 66)  # and the victim's proof is still remembered
+        clock.advance(63)  # the victim's entry expires with its proof's window
+        assert await cache("flood-3", 66)
         assert len(cache) == 3
 
     asyncio.run(run())
@@ -244,3 +279,22 @@ def test_check_lists_every_dpop_problem(tmp_path: Path) -> None:
         "unknown key 'surprise'",
     ):
         assert fragment in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("iat_offset", [-60, -30, 0, 5])
+def test_a_proof_is_never_accepted_again_while_its_iat_is_in_the_window(iat_offset: int) -> None:
+    # The replay entry lives window + skew + 1 s from first sight; the proof is in its window
+    # until iat + window. Even a proof dated the full skew ahead, first seen at once, is
+    # remembered past the last second its iat passes: no gap where it works twice.
+    clock = FrozenClock(1000)
+    cache = dpop.MemoryReplayCache(clock.now)
+    proof = DPoPKey().proof("GET", "https://api.example/pay", iat=1000 + iat_offset)
+    first = _verify(proof, clock.now(), claim=cache)
+    assert first.iat == 1000 + iat_offset
+    outcomes = set()
+    for _ in range(160):
+        clock.advance(0.5)
+        with pytest.raises(dpop.ProofError) as refused:
+            _verify(proof, clock.now(), claim=cache)
+        outcomes.add(refused.value.description)
+    assert outcomes <= {"The DPoP proof was already used", "The DPoP proof is too old or too new"}

@@ -102,10 +102,21 @@ async def authorize(request: Request, requirement: Requirement) -> AccessToken:
         requirement,
         dpop=request.headers.getlist("dpop"),
         method=request.method,
-        uri=guard.resource.request_uri(request.url.path),
+        uri=guard.resource.request_uri(_target_path(request)),
     )
     request.scope[TOKEN_KEY] = token
     return token
+
+
+def _target_path(request: Request) -> str:
+    """The path as the client sent it. RFC 9449 §4.3 compares `htu` with the request's
+    target URI, percent-encoding included; `scope["path"]` is decoded ("caf%C3%A9" is
+    "café" there), so a client's proof for an encoded path would never match it. ASGI's
+    `raw_path` is the undecoded path (with any root_path, as uvicorn sends it)."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw.startswith(b"/"):
+        return raw.partition(b"?")[0].decode("latin-1")
+    return request.url.path
 
 
 def access_token(request: Request) -> AccessToken:

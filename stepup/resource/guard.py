@@ -29,6 +29,7 @@ from stepup.resource.tokens import (
     AccessToken,
     TokenVerifier,
     TrustedIssuer,
+    token_from_claims,
     unverified_parts,
 )
 
@@ -196,7 +197,7 @@ class Guard:
             proof = None
             if scheme == "dpop":
                 proof = await self._proof(dpop, method, uri or self.resource.resource, value)
-            token = await self._verify(value, requirement, proof)
+            token = await self._verify(value, requirement, _Proven(proof, self._replay))
             check(token, requirement, self.levels, self.clock.now(), self.resource.leeway)
         except MissingToken as refusal:
             # No error code (RFC 6750 §3.1), but the scope hint helps a client ask for it.
@@ -218,19 +219,30 @@ class Guard:
             raise
         return token
 
-    async def _proof(self, headers: Sequence[str], method: str, uri: str, token: str) -> dpop.Proof:
+    async def _proof(
+        self, headers: Sequence[str], method: str, uri: str, token: str
+    ) -> tuple[dpop.Proof, tuple[str, int]]:
+        """The proof, every check passed but the one-time claim of its jti, and that claim
+        (`_Proven.claim` makes it once the token is known to be good)."""
+        deferred: list[tuple[str, int]] = []
+
+        async def later(key: str, ttl: int) -> bool:
+            deferred.append((key, ttl))
+            return True
+
         try:
-            return await dpop.verify_proof(
+            proof = await dpop.verify_proof(
                 headers,
                 method=method,
                 uri=uri,
                 now=self.clock.now(),
                 policy=self.proof_policy,
-                claim=self._replay,
+                claim=later,
                 access_token=token,
             )
         except dpop.ProofError as exc:
             raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
+        return proof, deferred[0]
 
     def _bound(self, token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
         self._check_binding(token.claims, proof)
@@ -256,14 +268,19 @@ class Guard:
                 "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"
             )
 
-    async def _verify(
-        self, token: str, requirement: Requirement, proof: dpop.Proof | None = None
-    ) -> AccessToken:
+    async def _verify(self, token: str, requirement: Requirement, proven: _Proven) -> AccessToken:
         verifier = self.verifier
+        proof = proven.proof
         if not requirement.introspect:
             checked = self._bound(await verifier.verify_jwt(token), proof)
+            # The proof's jti is claimed only now, behind a verified signature: proofs made
+            # with any token string cannot fill the (bounded) replay cache.
+            await proven.claim()
             if checked.claims.get("single_use") is not True:
                 return checked
+            # Asking stepup spends it: a route this token cannot satisfy refuses it first,
+            # so the client keeps its one use for a route it was made for.
+            check(checked, requirement, self.levels, self.clock.now(), self.resource.leeway)
             # stepup marks the tokens its policy makes single use: only introspection
             # consumes one, so a signature check alone would accept it again and again.
             issuer = verifier.introspecting_issuer(token)
@@ -285,13 +302,31 @@ class Guard:
             # valid, the answer is the step-up challenge, so the client gets one stepup can
             # revoke; if not, invalid_token.
             self._bound(await verifier.verify_jwt(token), proof)
+            await proven.claim()
             raise requirement.step_up(detail="token cannot be introspected")
-        # The key binding is checked before introspection, which may spend a single-use
-        # token (at stepup, or in this process): a thief's try must not use up the holder's
-        # token. A JWT names its key itself; an opaque token's is known from the answer.
+        # Asking stepup spends a single-use token. A JWT says itself which key it is bound
+        # to: whoever presents it without that key (a thief, RFC 9449 §7.2) is refused before
+        # the question, so they cannot burn the owner's one use. Its claims are unverified
+        # here, but only ever refuse: a token edited to pass this fails at stepup unspent.
+        # The same for a route this token cannot satisfy (stepup marks its single-use tokens).
         parts = unverified_parts(token)
         if parts is not None:
             self._check_binding(parts[1], proof)
+            if parts[1].get("single_use") is True:
+                now = self.clock.now()
+                claimed = token_from_claims(
+                    parts[1],
+                    issuer=issuer.issuer,
+                    resource=self.resource.resource,
+                    now=now,
+                    leeway=self.resource.leeway,
+                    introspected=False,
+                )
+                check(claimed, requirement, self.levels, now, self.resource.leeway)
+        # Before asking, so a replayed proof never reaches stepup (nor spends a token there).
+        await proven.claim()
+        # `check` runs on the answer before this process spends anything: an opaque token's
+        # binding is known only from it.
         return await verifier.introspect(
             token,
             issuer,
@@ -302,3 +337,23 @@ class Guard:
 
     def answer(self, refusal: Refusal) -> Answer:
         return refusal.answer(self.resource.realm, self.resource.metadata_url)
+
+
+class _Proven:
+    """A request's checked proof (or None) and the one-time claim of its jti still to make."""
+
+    def __init__(
+        self, proven: tuple[dpop.Proof, tuple[str, int]] | None, replay: dpop.ClaimOnce
+    ) -> None:
+        self.proof = proven[0] if proven is not None else None
+        self._pending = proven[1] if proven is not None else None
+        self._replay = replay
+
+    async def claim(self) -> None:
+        # RFC 9449 §11.1: a proof is good once.
+        if self._pending is None:
+            return
+        key, ttl = self._pending
+        self._pending = None
+        if not await self._replay(key, ttl):
+            raise InvalidDPoPProof("The DPoP proof was already used", detail=f"jti replay {key}")

@@ -90,6 +90,24 @@ INVALID: dict[str, Any] = {
     "deeper than the parser": "[" * 4000 + "]" * 4000,
     "longer than the bound": "[" + " " * 8200 + "]",
     "a type another client may use": [{"type": ACCOUNTS, "identifier": "acc-1"}],
+    # RFC 8259 §4: names SHOULD be unique; parsers disagree on which of two wins, so what a
+    # client (or a filter in front of stepup) read could differ from what the user approves.
+    "a field twice": '[{"type": "payment_initiation", "creditorName": "Bob", '
+    '"instructedAmount": {"amount": "5.00", "currency": "EUR"}, "creditorName": "Mallory"}]',
+    "a nested field twice": '[{"type": "payment_initiation", "creditorName": "Bob", '
+    '"instructedAmount": {"amount": "5.00", "currency": "EUR", "amount": "5000.00"}}]',
+    "the type twice": '[{"type": "account_information", "type": "payment_initiation", '
+    '"creditorName": "Bob", "instructedAmount": {"amount": "5.00", "currency": "EUR"}}]',
+    "NaN as an amount": '[{"type": "payment_initiation", "creditorName": "Bob", '
+    '"instructedAmount": {"amount": NaN, "currency": "EUR"}}]',
+    "Infinity as an amount": '[{"type": "payment_initiation", "creditorName": "Bob", '
+    '"instructedAmount": {"amount": Infinity, "currency": "EUR"}}]',
+    "a huge number": '[{"type": "payment_initiation", "creditorName": "Bob", '
+    '"instructedAmount": {"amount": ' + "9" * 5000 + ', "currency": "EUR"}}]',
+    "an amount with a leading plus": [payment(amount="+5.00")],
+    "a bidi override in the payee": [payment(payee="Bob\u202e sekiB")],
+    "a zero-width space in the payee": [payment(payee="Bob\u200b")],
+    "a line break in the payee": [payment(payee="Bob\nMallory")],
 }
 
 
@@ -190,6 +208,14 @@ WIDER: dict[str, list[dict[str, Any]]] = {
     "a field added": [payment("500.00", actions=["initiate", "status"], locations=[API])],
     "an action added": [payment("20.00", payee="Corner Shop", actions=["initiate"])],
     "another detail added": [*APPROVED, payment("1.00")],
+    # One approved payment is one payment: repeated, or split by its actions, it would pay
+    # twice at an API that executes each detail of the token.
+    "an approved payment twice": [APPROVED[0], APPROVED[0]],
+    "the other approved payment twice": [APPROVED[1], APPROVED[1], APPROVED[0]],
+    "one payment split in two": [
+        payment("500.00", actions=["initiate"]),
+        payment("500.00", actions=["status"]),
+    ],
 }
 
 

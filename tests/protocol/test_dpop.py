@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from stepup.config import parse
+from stepup.sealing import new_key_line
 from stepup.storage.embedded import EmbeddedRedis
 from tests.support.dpop import DPoPKey, jose_proof
 from tests.support.node_peers import node_with_peers
@@ -237,6 +240,20 @@ BAD_PROOFS: dict[str, Callable[[DPoPKey, float], list[str]]] = {
     "6: signed by another key": lambda k, now: [
         k.proof("POST", TOKEN_URL, iat=now, signer=OTHER_KEY.key)
     ],
+    # JWS crit (RFC 7515 §4.1.11) must be a list of names; any other shape once broke the
+    # JOSE library's header check with a TypeError (a 500).
+    "6: crit a number": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": 5}, raw=True)
+    ],
+    "6: crit a string": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": "exp"}, raw=True)
+    ],
+    "6: crit lists a number": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": [5]}, raw=True)
+    ],
+    "6: crit names an unknown header": lambda k, now: [
+        k.proof("POST", TOKEN_URL, iat=now, header={"crit": ["x"], "x": 1}, raw=True)
+    ],
     "7: private key in jwk": lambda k, now: [
         k.proof("POST", TOKEN_URL, iat=now, header={"jwk": _private_jwk(k)})
     ],
@@ -445,6 +462,34 @@ def test_a_nonce_from_another_instance_on_the_same_keys_passes(
     with running_stepup(stepup.config, redis_url, stepup.clock, stepup.upstream) as second:
         response = second.par(headers=proof_header(DPoPKey(), second, PAR_URL, nonce=nonce))
     assert response.status_code == 201, response.text
+
+
+def test_a_nonce_handed_out_before_a_factor_key_rotation_still_passes(
+    nonce_stepup: Stepup, redis_url: str, tmp_path: Path
+) -> None:
+    # Nonces are derived from the factor key. Rotating it (a new line first, README "Keys")
+    # restarts instances one by one; a client holding a nonce of an instance not yet
+    # restarted, retrying once at one already restarted, must not be refused again.
+    stepup = nonce_stepup
+    nonce = stepup.par(headers=proof_header(DPoPKey(), stepup, PAR_URL)).headers["DPoP-Nonce"]
+    data = tmp_path / "data"
+    shutil.copytree(stepup.config.deployment.data_dir, data)
+    factor_keys = data / "factor-keys.txt"
+    factor_keys.write_text(new_key_line() + "\n" + factor_keys.read_text())
+    rotated_config = replace(
+        stepup.config, deployment=replace(stepup.config.deployment, data_dir=data)
+    )
+    with running_stepup(rotated_config, redis_url, stepup.clock, stepup.upstream) as rotated:
+        response = rotated.par(headers=proof_header(DPoPKey(), rotated, PAR_URL, nonce=nonce))
+        fresh = rotated.par(headers=proof_header(DPoPKey(), rotated, PAR_URL))
+    assert response.status_code == 201, response.text
+    # What it hands out is under the new key: the instance still on the old key asks again.
+    assert_oauth_error(fresh, 400, "use_dpop_nonce")
+    assert fresh.headers["DPoP-Nonce"] != nonce
+    old = stepup.par(
+        headers=proof_header(DPoPKey(), stepup, PAR_URL, nonce=fresh.headers["DPoP-Nonce"])
+    )
+    assert_oauth_error(old, 400, "use_dpop_nonce")
 
 
 # -- an independent proof builder ------------------------------------------------------------

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from stepup.config import ACR_MFA
+from stepup.config import ACR_MFA, ACR_PHR
 from stepup.protocol.challenge import parse_www_authenticate, step_up_requirement
 from stepup.resource import (
     Guard,
@@ -53,6 +53,10 @@ ROUTES = {
     "/audit": Requirement("audit:read"),
     "/audit-cached": Requirement("audit:read", introspect=True, revocation_delay=30),
     "/audit-introspected": Requirement("audit:read", introspect=True),
+    # Routes a single-use audit:read token (acr mfa) does not satisfy.
+    "/audit-phr": Requirement("audit:read", acr=ACR_PHR),
+    "/audit-phr-introspected": Requirement("audit:read", acr=ACR_PHR, introspect=True),
+    "/audit-and-pay": Requirement("audit:read payments:write"),
 }
 
 
@@ -225,6 +229,23 @@ async def test_a_single_use_token_passes_once_on_any_route(peers: Peers, path: s
     assert second.status_code == 401
     assert second.json()["error"] == "invalid_token"
     assert peers.stepup.introspect(token).json() == {"active": False}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/audit-phr", 401), ("/audit-phr-introspected", 401), ("/audit-and-pay", 403)],
+)
+async def test_a_route_the_single_use_token_does_not_satisfy_leaves_it_unspent(
+    peers: Peers, path: str, status: int
+) -> None:
+    # A resource server that cannot use the token must not spend it: the client learns what
+    # this route needs and still has its one use for a route the token was made for.
+    token = elevated_token(peers.stepup, scope="audit:read")
+    async with api(peers) as client:
+        refused = await client.post(path, headers=bearer(token))
+        used = await client.post("/audit", headers=bearer(token))
+    assert refused.status_code == status, refused.text
+    assert used.status_code == 200, used.text
 
 
 async def test_a_spent_token_is_refused_by_another_api_instance(peers: Peers) -> None:

@@ -12,8 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from stepup.resource import Guard
+from stepup.resource import Guard, Requirement, StepUpMiddleware, requires
 from stepup.storage.embedded import EmbeddedRedis
 from tests.resource.apps import resource, starlette_app
 from tests.resource.conftest import Peers, bearer, protected
@@ -160,6 +165,12 @@ BAD: dict[str, Callable[[DPoPKey, str, float], list[str]]] = {
     ],
     "6: signed by another key": lambda k, t, now: [
         k.proof("GET", API + "/pay", iat=now, access_token=t, signer=OTHER.key)
+    ],
+    "6: crit a number": lambda k, t, now: [
+        k.proof("GET", API + "/pay", iat=now, access_token=t, header={"crit": 5}, raw=True)
+    ],
+    "6: crit lists a number": lambda k, t, now: [
+        k.proof("GET", API + "/pay", iat=now, access_token=t, header={"crit": [5]}, raw=True)
     ],
     "7: private key in jwk": lambda k, t, now: [
         k.proof(
@@ -398,3 +409,64 @@ async def test_a_thief_trying_a_bound_single_use_token_leaves_it_to_its_holder(
     assert 'error="invalid_token"' in as_bearer.headers["www-authenticate"]
     assert holder.status_code == 200, holder.text
     assert again.status_code == 401
+
+
+# -- htu of a path with percent-encoded characters -------------------------------------------
+
+
+def _accounts_app(guard: Guard) -> Starlette:
+    @requires(Requirement("payments:write"))
+    async def account(request: Request) -> JSONResponse:
+        return JSONResponse({"name": request.path_params["name"]})
+
+    return Starlette(
+        routes=[Route("/accounts/{name}", account)],
+        middleware=[Middleware(StepUpMiddleware, guard=guard)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"), [("café", "caf%C3%A9"), ("Bob Bikes", "Bob%20Bikes"), ("50%", "50%25")]
+)
+async def test_a_percent_encoded_path_is_compared_as_the_client_sent_it(
+    peers: Peers, name: str, encoded: str
+) -> None:
+    # RFC 9449 §4.3 step 9 compares htu with the target URI the client used: the path as it
+    # travelled, percent-encoding and all (RFC 3986 §2.1), not the server's decoded form.
+    key = DPoPKey()
+    token = bound_token(peers.stepup, key)
+    guard = Guard(
+        resource(peers.stepup.url, upstream_jwks=peers.upstream_jwks), clock=peers.stepup.clock
+    )
+    path = f"/accounts/{encoded}"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_accounts_app(guard)), base_url=API
+    ) as api:
+        response = await api.get(path, headers=dpop(token, key, peers.stepup.clock.now(), path))
+    await guard.aclose()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"name": name}
+
+
+async def test_proofs_sent_with_forged_tokens_take_no_place_in_the_replay_cache(
+    peers: Peers, route: str
+) -> None:
+    # The replay cache is bounded and, when full of live proofs, refuses new ones. A proof's
+    # jti is claimed only behind a token that verifies, so an attacker with no token cannot
+    # fill it (and shut DPoP out) with proofs of a key of their own.
+    key, attacker = DPoPKey(), DPoPKey()
+    token = bound_token(peers.stepup, key)
+    forged = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2ln"
+    now = peers.stepup.clock.now()
+    async with protected(peers, dpop_replay_cache_size=2) as (api, _, _):
+        flood = [await api.get(route, headers=dpop(forged, attacker, now, route)) for _ in range(5)]
+        owner = await api.get(route, headers=dpop(token, key, now, route))
+        replayed_headers = dpop(token, key, now, route)
+        first = await api.get(route, headers=replayed_headers)
+        replayed = await api.get(route, headers=replayed_headers)
+    assert {answer.status_code for answer in flood} == {401}
+    assert {answer.json()["error"] for answer in flood} == {"invalid_token"}
+    assert owner.status_code == 200, owner.text
+    assert first.status_code == 200, first.text
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_dpop_proof"

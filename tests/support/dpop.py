@@ -11,6 +11,9 @@ import secrets
 import subprocess
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
@@ -59,9 +62,11 @@ class DPoPKey:
         claims: dict[str, Any] | None = None,
         drop: tuple[str, ...] = (),
         signer: Key | None = None,
+        raw: bool = False,
     ) -> str:
         """A proof; `header`/`claims` override fields, `drop` leaves claims out, `signer`
-        signs with another key than the one in the header."""
+        signs with another key than the one in the header; `raw` signs (ES256) without
+        joserfc, for headers it refuses to write (an attacker's library would not)."""
         head: dict[str, Any] = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.public_jwk}
         head.update(header or {})
         head = {name: value for name, value in head.items() if value is not None}
@@ -86,7 +91,17 @@ class DPoPKey:
                 return signing_input + "."
             mac = hmac.new(b"k" * 32, signing_input.encode(), hashlib.sha256).digest()
             return signing_input + "." + b64url(mac)
+        if raw:
+            signing_input = b64url(json.dumps(head).encode()) + "." + b64url(payload)
+            return signing_input + "." + b64url(self._es256(signing_input.encode()))
         return jws.serialize_compact(head, payload, signer or self.key, algorithms=[head["alg"]])
+
+    def _es256(self, data: bytes) -> bytes:
+        # RFC 7518 §3.4: the signature is R || S, 32 bytes each, not DER.
+        assert isinstance(self.key, ECKey)
+        der = self.key.private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def jose_proof(node: str, htm: str, htu: str, iat: int) -> dict[str, str]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import string
+import time
+from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.dpop import DPoPKey
 from tests.support.stepup import (
     ACCESS_TOKEN_TYPE,
     CHALLENGE,
@@ -17,6 +21,8 @@ from tests.support.stepup import (
     RS_ID,
     RS_SECRET,
     Stepup,
+    payment,
+    pkce,
 )
 
 PARAMETERS = [
@@ -149,3 +155,86 @@ def test_a_repeated_parameter_is_refused(stepup: Stepup) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+
+
+# -- DPoP headers and authorization_details (RFC 9449, RFC 9396) ----------------------------
+
+_PROOF_KEY = DPoPKey()
+# What HTTP lets through in a header value (no surrounding whitespace).
+_header_text = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300
+).filter(lambda text: text == text.strip())
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@st.composite
+def _proofs(draw: st.DrawFn, url: str) -> str:
+    """A signed proof for `url` with one header member or claim set to arbitrary JSON."""
+    where = draw(st.sampled_from(["header", "claims"]))
+    name = draw(st.sampled_from(["typ", "alg", "jwk", "crit", "kid", "jti", "htm", "htu", "iat"]))
+    value = draw(_json)
+    options: dict[str, Any] = {where: {name: value}} if value is not None else {}
+    return _PROOF_KEY.proof("POST", url, iat=time.time(), raw=True, **options)
+
+
+@st.composite
+def _details(draw: st.DrawFn) -> str:
+    """A payment with one field replaced by arbitrary JSON, or arbitrary JSON text."""
+    detail: dict[str, Any] = payment()
+    path = draw(
+        st.sampled_from(
+            [
+                ("type",),
+                ("creditorName",),
+                ("actions",),
+                ("instructedAmount",),
+                ("instructedAmount", "amount"),
+                ("instructedAmount", "currency"),
+                ("x",),
+            ]
+        )
+    )
+    target = detail
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = draw(_json)
+    return draw(st.just(json.dumps([detail])) | st.text(max_size=60) | _json.map(json.dumps))
+
+
+@FUZZ
+@given(data=st.data(), endpoint=st.sampled_from(["/par", "/token"]))
+def test_dpop_headers_and_authorization_details_get_an_oauth_error(
+    stepup: Stepup, data: st.DataObject, endpoint: str
+) -> None:
+    url = stepup.url + endpoint
+    proofs = data.draw(st.lists(_proofs(url) | _header_text, max_size=2), label="DPoP")
+    _, challenge = pkce()
+    form = {
+        "subject_token": stepup.upstream.token(),
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "challenge": CHALLENGE,
+        "resource": "https://api.example",
+        "redirect_uri": "http://localhost:9999/callback",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "grant_type": EXCHANGE,
+        "code": "no-such-code",
+        "code_verifier": "v" * 43,
+        "authorization_details": data.draw(_details(), label="authorization_details"),
+    }
+    response = stepup.http.post(
+        endpoint,
+        data=form,
+        headers=[("DPoP", proof) for proof in proofs],
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert _is_oauth_error(response), response.text
+        assert response.headers["cache-control"] == "no-store"

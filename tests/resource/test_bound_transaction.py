@@ -1,0 +1,181 @@
+"""DPoP (RFC 9449), authorization details (RFC 9396) and single use in one flow: the seam
+where the features built apart meet. A token bound to the client's key, to one payment, and
+good for one request: intake with a proof and the details, the page, the exchange with a
+proof, a toolkit route with `require_detail` and DPoP, once only — live stepup, real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from stepup.config import ACR_MFA
+from stepup.resource import (
+    Guard,
+    Requirement,
+    StepUpMiddleware,
+    access_token,
+    require_detail,
+    requires,
+)
+from tests.resource.apps import resource
+from tests.resource.conftest import Peers, bearer
+from tests.support.dpop import DPoPKey
+from tests.support.oauth import assert_oauth_error
+from tests.support.own_issuer import claims_of
+from tests.support.stepup import API, PAYMENT, Stepup, hidden, manual_key, payment, pkce
+
+pytestmark = pytest.mark.anyio
+
+# payments:write carries the payment type; audit:read makes the elevation single use.
+SCOPE = "payments:write audit:read"
+ROUTES = {
+    "local": Requirement("payments:write", acr=ACR_MFA, max_age=300),
+    "introspection": Requirement("payments:write", acr=ACR_MFA, max_age=300, introspect=True),
+}
+
+
+@pytest.fixture(params=sorted(ROUTES))
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def paying_app(guard: Guard) -> Starlette:
+    def route(requirement: Requirement) -> Any:
+        @requires(requirement)
+        async def pay(request: Request) -> JSONResponse:
+            body = await request.json()
+            approved = require_detail(
+                access_token(request),
+                PAYMENT,
+                requirement=requirement,
+                instructedAmount={"amount": Decimal(body["amount"]), "currency": body["currency"]},
+                creditorName=body["payee"],
+            )
+            return JSONResponse({"approved": dict(approved)}, status_code=201)
+
+        return pay
+
+    return Starlette(
+        routes=[Route(f"/pay/{name}", route(r), methods=["POST"]) for name, r in ROUTES.items()],
+        middleware=[Middleware(StepUpMiddleware, guard=guard)],
+    )
+
+
+@asynccontextmanager
+async def payments_api(peers: Peers) -> AsyncIterator[httpx.AsyncClient]:
+    guard = Guard(
+        resource(peers.stepup.url, upstream_jwks=peers.upstream_jwks), clock=peers.stepup.clock
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=paying_app(guard)), base_url=API
+    ) as client:
+        yield client
+    await guard.aclose()
+
+
+def proof(key: DPoPKey, stepup: Stepup, url: str, **options: Any) -> dict[str, str]:
+    return {"DPoP": key.proof("POST", url, iat=stepup.clock.now(), **options)}
+
+
+def bound_transaction_token(stepup: Stepup, key: DPoPKey, *details: dict[str, Any]) -> str:
+    """Intake with a proof and the details, the page showing them, the exchange with a proof
+    by the same key; asserts each step and returns the elevated token."""
+    verifier, challenge = pkce()
+    par_proof = proof(key, stepup, stepup.url + "/par")
+    pushed = stepup.par(
+        scope=SCOPE,
+        code_challenge=challenge,
+        authorization_details=json.dumps(list(details)),
+        headers=par_proof,
+    )
+    assert pushed.status_code == 201, pushed.text
+    with stepup.browser() as browser:
+        page = stepup.open_authorization(browser, pushed.json()["request_uri"])
+        assert page.status_code == 200, page.text
+        assert "Pay 500.00 EUR to Bob&#39;s Bikes" in page.text
+        stepup.clock.advance(30)
+        answer = browser.post(
+            page.url.path,
+            data={
+                "csrf": hidden(page.text, "csrf"),
+                "action": "verify",
+                "code": stepup.totp_code(manual_key(page.text)),
+            },
+        )
+    assert answer.status_code == 303, answer.text
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+
+    # The proof sent to /par names /par: at /token it is for another URI (§4.3 step 9),
+    # and it was spent anyway. Refused before the code is touched.
+    assert_oauth_error(stepup.token(code, verifier, headers=par_proof), 400, "invalid_dpop_proof")
+    # Intake bound the request to the key: a proof by another key does not redeem it.
+    exchanged = stepup.token(code, verifier, headers=proof(key, stepup, stepup.url + "/token"))
+    assert exchanged.status_code == 200, exchanged.text
+    body = exchanged.json()
+    assert body["token_type"] == "DPoP"
+    assert body["authorization_details"] == list(details)
+    token: str = body["access_token"]
+    claims = claims_of(token)
+    assert claims["cnf"] == {"jkt": key.jkt}
+    assert claims["authorization_details"] == list(details)
+    assert claims["single_use"] is True
+    return token
+
+
+def dpop_call(token: str, key: DPoPKey, stepup: Stepup, path: str) -> dict[str, str]:
+    return {
+        "Authorization": f"DPoP {token}",
+        "DPoP": key.proof("POST", API + path, iat=stepup.clock.now(), access_token=token),
+    }
+
+
+async def test_a_key_bound_single_use_payment_token_pays_once(peers: Peers, mode: str) -> None:
+    stepup, key, path = peers.stepup, DPoPKey(), f"/pay/{mode}"
+    token = bound_transaction_token(stepup, key, payment("500.00"))
+    async with payments_api(peers) as api:
+        paid = await api.post(
+            path,
+            json={"amount": "500", "currency": "EUR", "payee": "Bob's Bikes"},
+            headers=dpop_call(token, key, stepup, path),
+        )
+        again = await api.post(
+            path,
+            json={"amount": "500", "currency": "EUR", "payee": "Bob's Bikes"},
+            headers=dpop_call(token, key, stepup, path),
+        )
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["approved"] == payment("500.00")
+    assert again.status_code == 401
+    assert again.headers["www-authenticate"].startswith("DPoP ")
+    assert again.json()["error"] == "invalid_token"
+    assert stepup.introspect(token).json() == {"active": False}
+
+
+async def test_the_stolen_token_neither_pays_nor_spends_the_owners_one_use(
+    peers: Peers, mode: str
+) -> None:
+    stepup, key, path = peers.stepup, DPoPKey(), f"/pay/{mode}"
+    token = bound_transaction_token(stepup, key, payment("500.00"))
+    body = {"amount": "500.00", "currency": "EUR", "payee": "Bob's Bikes"}
+    async with payments_api(peers) as api:
+        as_bearer = await api.post(path, json=body, headers=bearer(token))
+        other_key = await api.post(
+            path, json=body, headers=dpop_call(token, DPoPKey(), stepup, path)
+        )
+        owner = await api.post(path, json=body, headers=dpop_call(token, key, stepup, path))
+    assert (as_bearer.status_code, other_key.status_code) == (401, 401)
+    assert as_bearer.json()["error"] == other_key.json()["error"] == "invalid_token"
+    # Neither thief spent it: the one use is still the owner's.
+    assert owner.status_code == 201, owner.text
