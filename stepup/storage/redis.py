@@ -215,7 +215,9 @@ class RedisStore:
     # -- short-lived records --------------------------------------------------------------
 
     async def put(self, key: str, record: object, ttl: int) -> None:
-        await self.redis.set(key, models.dump(record), ex=max(1, ttl))
+        # The command itself: set()'s optional-argument handling and its experimental-args
+        # wrapper cost about 16 us of client CPU a call (a pushed request, a code, …).
+        await self.redis.execute_command("SET", key, models.dump(record), "EX", max(1, ttl))
 
     async def get(self, key: str, cls: type[T]) -> T | None:
         raw = await self.redis.get(key)
