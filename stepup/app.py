@@ -34,8 +34,9 @@ from stepup.storage.elevations import RedisElevationIndex
 from stepup.storage.redis import STORAGE_ERRORS, RedisStore, connect
 from stepup.throttle import Throttle
 from stepup.web import api, pages
-from stepup.web.middleware import SecurityHeaders
-from stepup.web.observability import Observe
+from stepup.web.front import Stepup
+from stepup.web.middleware import Headers, SecurityHeaders
+from stepup.web.observability import Observe, RequestMetrics
 from stepup.web.routes import API_PATHS, routes
 
 
@@ -162,12 +163,15 @@ def create_app(
             return response
         return pages.not_found_page(request.app.state.renderer, exc.status_code, exc.detail)
 
-    return Starlette(
+    https = config.issuer.startswith("https://")
+    return Stepup(
         routes=table,
+        request_metrics=RequestMetrics(metrics, table),
+        security_headers=Headers(https=https),
         lifespan=lifespan,
         middleware=[
             Middleware(Observe, metrics=metrics, routes=table),
-            Middleware(SecurityHeaders, https=config.issuer.startswith("https://")),
+            Middleware(SecurityHeaders, https=https),
         ],
         exception_handlers={HTTPException: http_error},
     )

@@ -20,9 +20,16 @@ def dump(record: object) -> bytes:
     return orjson.dumps(record)
 
 
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
 def load(cls: type[T], raw: bytes | str) -> T:
     data = orjson.loads(raw)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    if names.issuperset(data):
+        return cls(**data)
     # Ignore fields a newer version wrote, so a rolling upgrade does not break reads.
     return cls(**{k: v for k, v in data.items() if k in names})
 

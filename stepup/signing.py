@@ -13,7 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from joserfc import jwt
+import orjson
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 
@@ -90,8 +91,12 @@ class SigningKeys:
 
     def sign(self, claims: dict[str, Any]) -> str:
         # RFC 9068 §2.1: `typ: at+jwt` so the token cannot be confused with an ID token.
-        header = {"alg": self.algorithm, "typ": "at+jwt", "kid": self.active.kid}
-        return jwt.encode(header, claims, self.active, algorithms=[self.algorithm])
+        # The header and payload bytes are those joserfc's jwt.encode writes ("typ" first,
+        # compact JSON, UTF-8 as is), the payload by orjson instead of json.dumps (a tenth of
+        # the signing's cost); joserfc still builds and signs the JWS.
+        header = {"typ": "at+jwt", "alg": self.algorithm, "kid": self.active.kid}
+        payload = orjson.dumps(claims)
+        return jws.serialize_compact(header, payload, self.active, algorithms=[self.algorithm])
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a token stepup signed, or None; expiry is the caller's to check."""

@@ -16,6 +16,7 @@ challenge for what RFC 9470 §3 step-up asks of the client: `acr_values`,
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -368,6 +369,22 @@ def step_up_requirement(challenges: Sequence[Challenge]) -> StepUpRequirement:
         resource_metadata=params.get("resource_metadata"),
         error_description=params.get("error_description"),
     )
+
+
+# How many distinct challenge values requirement_from remembers (each at most
+# MAX_HEADER_LENGTH characters: 2 MiB at worst).
+REQUIREMENT_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=REQUIREMENT_CACHE_SIZE)
+def requirement_from(value: str) -> StepUpRequirement:
+    """step_up_requirement(parse_www_authenticate(value)), remembered per value.
+
+    A resource server sends the same few challenge strings again and again; both steps are
+    pure, the result is immutable, and parsing was an eighth of a challenge intake's CPU.
+    A value that fails to parse raises every time (lru_cache keeps only results).
+    """
+    return step_up_requirement(parse_www_authenticate(value))
 
 
 def _is_token(text: str) -> bool:

@@ -24,8 +24,7 @@ from stepup.models import PendingRequest
 from stepup.protocol import dpop_binding
 from stepup.protocol.challenge import (
     ChallengeSyntaxError,
-    parse_www_authenticate,
-    step_up_requirement,
+    requirement_from,
 )
 from stepup.services import Services
 from stepup.storage import keys
@@ -169,7 +168,7 @@ def _requirement(form: Mapping[str, str]) -> tuple[list[str], int | None, list[s
     raw = form.get("challenge")
     if raw:
         try:
-            requirement = step_up_requirement(parse_www_authenticate(raw))
+            requirement = requirement_from(raw)
         except ChallengeSyntaxError as exc:
             raise InvalidRequest(f"challenge cannot be parsed: {exc}") from exc
         acr_values.extend(requirement.acr_values)

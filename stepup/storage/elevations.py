@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from stepup.models import Elevation
 from stepup.storage import keys
-from stepup.storage.redis import RedisStore, dump_compact
+from stepup.storage.redis import RedisStore, dump_compact, run_script
 
 # KEYS[1] the subject's index, KEYS[2] the active set, KEYS[3] the token's record, KEYS[4] its
 # revoked marker; ARGV[1] jti, ARGV[2] exp, ARGV[3] now, ARGV[4] how long to keep the index,
@@ -65,14 +65,15 @@ class RedisElevationIndex:
         if self._cluster:
             await self.track(subject, jti, elevation.exp, now, keep)
             return await self.store.record_elevation(elevation, ttl)
-        recorded = await self._track_and_record(
-            keys=[
+        recorded = await run_script(
+            self._track_and_record,
+            [
                 keys.subject_elevations(subject),
                 keys.active_elevations(),
                 keys.elevation(jti),
                 keys.elevation_revoked(jti),
             ],
-            args=[jti, elevation.exp, now, max(1, keep), dump_compact(elevation), max(1, ttl)],
+            [jti, elevation.exp, now, max(1, keep), dump_compact(elevation), max(1, ttl)],
         )
         return bool(recorded)
 

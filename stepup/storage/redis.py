@@ -7,12 +7,15 @@ never by a read followed by a write.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
 
 from stepup import models
 from stepup.models import Elevation, Factor, Grant, RecentStepUp
@@ -169,6 +172,17 @@ def dump_compact(record: object) -> bytes:
     return orjson.dumps(data)
 
 
+async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+    """A registered script by EVALSHA on its client; on NOSCRIPT (a restarted or failed-over
+    Redis) loaded again, as redis-py's Script.__call__ does. Calling EVALSHA directly skips
+    that wrapper's per-call import, tuple copies and pipeline check: about 13 of the ~90 us
+    of client CPU a short script took here."""
+    try:
+        return await script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return await script(keys=keys, args=args)
+
+
 def connect(url: str) -> aioredis.Redis | RedisCluster:
     timeouts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
@@ -201,7 +215,9 @@ class RedisStore:
     # -- short-lived records --------------------------------------------------------------
 
     async def put(self, key: str, record: object, ttl: int) -> None:
-        await self.redis.set(key, models.dump(record), ex=max(1, ttl))
+        # The command itself: set()'s optional-argument handling and its experimental-args
+        # wrapper cost about 16 us of client CPU a call (a pushed request, a code, …).
+        await self.redis.execute_command("SET", key, models.dump(record), "EX", max(1, ttl))
 
     async def get(self, key: str, cls: type[T]) -> T | None:
         raw = await self.redis.get(key)
@@ -225,8 +241,8 @@ class RedisStore:
         self, code: str, jti: str, remember: int
     ) -> tuple[Grant | None, str | None]:
         """Consume a code. Returns (grant, None), or (None, jti it produced) on replay."""
-        grant, spent = await self._redeem(
-            keys=[keys.code(code), keys.code_spent(code)], args=[jti, remember]
+        grant, spent = await run_script(
+            self._redeem, [keys.code(code), keys.code_spent(code)], [jti, remember]
         )
         if grant:
             return models.load(Grant, grant), None
@@ -243,9 +259,10 @@ class RedisStore:
         if self._cluster:
             grant, spent = await self.redeem_code(code, jti, remember)
             return grant, spent, await self.is_disabled(subject)
-        found, spent, disabled = await self._redeem_of(
-            keys=[keys.code(code), keys.code_spent(code), keys.disabled(subject)],
-            args=[jti, remember],
+        found, spent, disabled = await run_script(
+            self._redeem_of,
+            [keys.code(code), keys.code_spent(code), keys.disabled(subject)],
+            [jti, remember],
         )
         if found:
             return models.load(Grant, found), None, bool(disabled)
@@ -255,9 +272,10 @@ class RedisStore:
 
     async def record_elevation(self, elevation: Elevation, ttl: int) -> bool:
         jti = elevation.jti
-        recorded = await self._record_elevation(
-            keys=[keys.elevation(jti), keys.elevation_revoked(jti)],
-            args=[dump_compact(elevation), max(1, ttl)],
+        recorded = await run_script(
+            self._record_elevation,
+            [keys.elevation(jti), keys.elevation_revoked(jti)],
+            [dump_compact(elevation), max(1, ttl)],
         )
         return bool(recorded)
 

@@ -26,9 +26,16 @@ from stepup.storage.redis import STORAGE_ERRORS
 _USABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
-class Observe:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: list[BaseRoute]) -> None:
-        self.app = app
+def request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when usable, else a fresh one."""
+    given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+    return given if _USABLE_ID.fullmatch(given) else secrets.token_hex(16)
+
+
+class RequestMetrics:
+    """Request count and latency by (route template, method, status)."""
+
+    def __init__(self, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.metrics = metrics
         self.templates: dict[object, str] = {}
         for route in routes:
@@ -41,15 +48,33 @@ class Observe:
         # labels() calls (which validate, join and lock each time).
         self._observers: dict[tuple[object, str, int], tuple[Any, Any]] = {}
 
+    def record(self, endpoint: object, method: str, status: int, elapsed: float) -> None:
+        key = (endpoint, method, status)
+        observers = self._observers.get(key)
+        if observers is None:
+            observers = self._observers[key] = self._children(*key)
+        observers[0].inc()
+        observers[1].observe(elapsed)
+
+    def _children(self, endpoint: object, method: str, status: int) -> tuple[Any, Any]:
+        route = self.templates.get(endpoint, "unmatched")
+        return (
+            self.metrics.child(self.metrics.requests, route, method, str(status)),
+            self.metrics.child(self.metrics.latency, route, method),
+        )
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.requests = RequestMetrics(metrics, routes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1"
-        )
-        request_id = given if _USABLE_ID.fullmatch(given) else secrets.token_hex(16)
-        token = correlation_id.set(request_id)
+        id_ = request_id(scope)
+        token = correlation_id.set(id_)
         status = 500
         started = time.perf_counter()
 
@@ -58,7 +83,7 @@ class Observe:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-request-id", id_.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -66,21 +91,10 @@ class Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             correlation_id.reset(token)
-            elapsed = time.perf_counter() - started
             # The router wrote the matched endpoint into this same scope dict.
-            key = (scope.get("endpoint"), scope["method"], status)
-            observers = self._observers.get(key)
-            if observers is None:
-                observers = self._observers[key] = self._children(*key)
-            observers[0].inc()
-            observers[1].observe(elapsed)
-
-    def _children(self, endpoint: object, method: str, status: int) -> tuple[Any, Any]:
-        route = self.templates.get(endpoint, "unmatched")
-        return (
-            self.metrics.child(self.metrics.requests, route, method, str(status)),
-            self.metrics.child(self.metrics.latency, route, method),
-        )
+            self.requests.record(
+                scope.get("endpoint"), scope["method"], status, time.perf_counter() - started
+            )
 
 
 async def metrics_endpoint(request: Request) -> Response:

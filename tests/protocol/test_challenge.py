@@ -17,6 +17,7 @@ from stepup.protocol.challenge import (
     StepUpRequirement,
     build_challenge,
     parse_www_authenticate,
+    requirement_from,
     step_up_requirement,
 )
 
@@ -716,3 +717,16 @@ def test_property_header_like_text_parses_or_raises_syntax_error(value: str) -> 
         return
     with contextlib.suppress(ChallengeSyntaxError):
         step_up_requirement(challenges)
+
+
+def test_a_remembered_requirement_is_the_one_parsing_gives() -> None:
+    value = 'Bearer error="insufficient_user_authentication", acr_values="a b", max_age=60'
+    expected = step_up_requirement(parse_www_authenticate(value))
+    assert requirement_from(value) == expected
+    assert requirement_from(value) is requirement_from(value)
+
+
+def test_a_challenge_that_fails_to_parse_fails_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ChallengeSyntaxError):
+            requirement_from('Bearer max_age="soon"')
