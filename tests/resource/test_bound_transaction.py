@@ -34,7 +34,7 @@ from tests.resource.conftest import Peers, bearer
 from tests.support.dpop import DPoPKey
 from tests.support.oauth import assert_oauth_error
 from tests.support.own_issuer import claims_of
-from tests.support.stepup import API, PAYMENT, Stepup, hidden, manual_key, payment, pkce
+from tests.support.stepup import API, PAYMENT, Stepup, payment, pkce
 
 pytestmark = pytest.mark.anyio
 
@@ -105,15 +105,7 @@ def bound_transaction_token(stepup: Stepup, key: DPoPKey, *details: dict[str, An
         page = stepup.open_authorization(browser, pushed.json()["request_uri"])
         assert page.status_code == 200, page.text
         assert "Pay 500.00 EUR to Bob&#39;s Bikes" in page.text
-        stepup.clock.advance(30)
-        answer = browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": stepup.totp_code(manual_key(page.text)),
-            },
-        )
+        answer = stepup.prove_totp(browser, page)
     assert answer.status_code == 303, answer.text
     code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
 

@@ -24,7 +24,7 @@ from tests.resource.apps import resource, starlette_app
 from tests.resource.conftest import Peers, bearer, protected
 from tests.support.dpop import DPoPKey
 from tests.support.own_issuer import Counting, claims_of
-from tests.support.stepup import API, Stepup, hidden, manual_key, pkce
+from tests.support.stepup import API, Stepup, pkce
 
 pytestmark = pytest.mark.anyio
 
@@ -345,15 +345,7 @@ async def test_the_whole_loop_bound_to_one_key(peers: Peers, route: str) -> None
         with stepup.browser() as browser:
             page = stepup.open_authorization(browser, pushed.json()["request_uri"])
             assert page.status_code == 200, page.text
-            stepup.clock.advance(30)
-            answer = browser.post(
-                page.url.path,
-                data={
-                    "csrf": hidden(page.text, "csrf"),
-                    "action": "verify",
-                    "code": stepup.totp_code(manual_key(page.text)),
-                },
-            )
+            answer = stepup.prove_totp(browser, page)
         assert answer.status_code == 303, answer.text
         code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
 

@@ -326,6 +326,23 @@ class Stepup:
             "/revoke", data={"token": token, "token_type_hint": "access_token"}, auth=auth
         )
 
+    def prove_totp(
+        self, browser: httpx.Client, page: httpx.Response, secret: str | None = None
+    ) -> httpx.Response:
+        """Answers the verification page `page` with a TOTP code of `secret` (by default the
+        key the page shows for enrolment) one time step later; returns the answer."""
+        if secret is None:
+            secret = manual_key(page.text)
+        self.clock.advance(30)  # a fresh time step for each proof
+        return browser.post(
+            page.url.path,
+            data={
+                "csrf": hidden(page.text, "csrf"),
+                "action": "verify",
+                "code": self.totp_code(secret),
+            },
+        )
+
     def step_up(
         self,
         browser: httpx.Client,
@@ -344,15 +361,7 @@ class Stepup:
         assert page.status_code == 200, page.text
         if secret is None:
             secret = manual_key(page.text)
-        self.clock.advance(30)  # a fresh time step for each proof
-        answer = browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": self.totp_code(secret),
-            },
-        )
+        answer = self.prove_totp(browser, page, secret)
         assert answer.status_code == 303, answer.text
         query = parse_qs(urlsplit(answer.headers["location"]).query)
         return query, verifier, secret
@@ -367,15 +376,7 @@ def step_up_with(stepup: Stepup, sub: str, secret: str) -> httpx.Response:
         page = stepup.open_authorization(browser, pushed.json()["request_uri"])
         assert page.status_code == 200, page.text
         assert 'id="totp-secret"' not in page.text, "a step-up for an enrolled user enrols again"
-        stepup.clock.advance(30)
-        return browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": stepup.totp_code(secret),
-            },
-        )
+        return stepup.prove_totp(browser, page, secret)
 
 
 def got_code(answer: httpx.Response) -> bool:

@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.oauth import module_server
 from tests.support.own_issuer import claims_of
-from tests.support.stepup import REDIRECT, Stepup, hidden, payment, pkce
+from tests.support.stepup import REDIRECT, Stepup, payment, pkce
 
 live_stepup, stepup = module_server("details-page")
 
@@ -94,15 +94,7 @@ def test_a_transaction_bound_request_never_reuses_a_recent_step_up(stepup: Stepu
         assert started.headers["location"].startswith("/interaction/")
         page = browser.get(started.headers["location"])
         assert "Pay 99.00 EUR" in text_of(page.text)
-        stepup.clock.advance(30)
-        answer = browser.post(
-            page.url.path,
-            data={
-                "csrf": hidden(page.text, "csrf"),
-                "action": "verify",
-                "code": stepup.totp_code(secret),
-            },
-        )
+        answer = stepup.prove_totp(browser, page, secret)
     assert answer.status_code == 303
     assert answer.headers["location"].startswith(REDIRECT)
     code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
