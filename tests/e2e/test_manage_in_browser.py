@@ -21,9 +21,11 @@ from tests.support.stepup import ISSUER_UPSTREAM, REDIRECT, Stepup, Upstream, hi
 from tests.support.webauthn import (
     VirtualAuthenticator,
     answer_callbacks,
+    callback_page_fixtures,
     claims_of,
     management_url,
     module_stepup_at_origin,
+    new_context,
     stepup_at_origin,
 )
 
@@ -55,26 +57,7 @@ def warning_stepup(
         yield running
 
 
-def new_context(browser: Browser, **options: Any) -> BrowserContext:
-    context = browser.new_context(**options)
-    context.set_default_timeout(10_000)
-    return context
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = new_context(browser)
-    try:
-        yield context
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    page = context.new_page()
-    answer_callbacks(page)
-    return page
+context, page = callback_page_fixtures()
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -13,19 +13,18 @@ import base64
 import json
 import re
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.support.stepup import REDIRECT, Stepup, hidden, payment, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
-    answer_callbacks,
+    callback_page_fixtures,
     management_url,
     module_stepup_at_origin,
 )
@@ -45,22 +44,10 @@ def policy_edits(document: dict[str, Any]) -> None:
 served, stepup = module_stepup_at_origin("screens", policy_edits)
 
 
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    width, height = VIEWPORTS["desktop"]
-    context = browser.new_context(viewport={"width": width, "height": height})
-    context.set_default_timeout(10_000)
-    try:
-        yield context
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    page = context.new_page()
-    answer_callbacks(page)
-    return page
+_DESKTOP_WIDTH, _DESKTOP_HEIGHT = VIEWPORTS["desktop"]
+context, page = callback_page_fixtures(
+    viewport={"width": _DESKTOP_WIDTH, "height": _DESKTOP_HEIGHT}
+)
 
 
 # -- reading the pictures -----------------------------------------------------------------

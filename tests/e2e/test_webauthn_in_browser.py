@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 import pytest
 import redis
-from playwright.sync_api import APIResponse, Browser, Page, Request, Route, expect
+from playwright.sync_api import APIResponse, Page, Request, Route, expect
 
 from stepup.storage import keys
 from tests.support.stepup import CLIENT_ID, ISSUER_UPSTREAM, REDIRECT, Stepup, pkce
 from tests.support.webauthn import (
     VirtualAuthenticator,
-    answer_callbacks,
     b64url_decode,
+    callback_page_fixtures,
     callback_query,
     claims_of,
     management_url,
@@ -49,16 +48,7 @@ def with_device_bound_scope(document: dict[str, Any]) -> None:
 served, stepup = module_stepup_at_origin("webauthn", with_device_bound_scope)
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    answer_callbacks(page)
-    try:
-        yield page
-    finally:
-        context.close()
+context, page = callback_page_fixtures()
 
 
 @pytest.fixture

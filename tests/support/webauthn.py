@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from stepup.clock import FrozenClock
 from stepup.storage.embedded import EmbeddedRedis
@@ -165,3 +165,34 @@ def b64url_decode(text: str) -> bytes:
 
 def json_of(text: str) -> Any:
     return json.loads(text)
+
+
+def new_context(browser: Browser, **options: Any) -> BrowserContext:
+    """A fresh browser context (own cookies and storage) whose waits give up after 10 s."""
+    context = browser.new_context(**options)
+    context.set_default_timeout(10_000)
+    return context
+
+
+def callback_page_fixtures(
+    **options: Any,
+) -> tuple[Callable[..., Iterator[BrowserContext]], Callable[..., Page]]:
+    """Fixtures `context` (a `new_context` with `options`, closed after the test) and `page`
+    (a page in it whose client redirects `answer_callbacks` answers). Assign both names in
+    the module: `context, page = callback_page_fixtures()`."""
+
+    @pytest.fixture
+    def context(browser: Browser) -> Iterator[BrowserContext]:
+        context = new_context(browser, **options)
+        try:
+            yield context
+        finally:
+            context.close()
+
+    @pytest.fixture
+    def page(context: BrowserContext) -> Page:
+        page = context.new_page()
+        answer_callbacks(page)
+        return page
+
+    return context, page
