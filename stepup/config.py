@@ -420,7 +420,7 @@ class _Reader:
         dpop = self.dpop(self.table(raw, "dpop", "policy"))
         detail_types = read_types(
             self.table(raw, "authorization_details", "policy"),
-            self.problem,
+            self,
             list(scopes),
             list(clients),
         )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from stepup.errors import InvalidAuthorizationDetails
 
@@ -79,23 +79,31 @@ class DetailType:
 # -- the policy file -----------------------------------------------------------------------
 
 
-Problem = Callable[[str, str], None]
+class PolicyReader(Protocol):
+    """What reads the rest of the policy file (config.py's reader): its problem list and
+    typed getters, so detail types are read and reported like every other section."""
+
+    def problem(self, where: str, message: str) -> None: ...
+    def no_unknown(self, table: Mapping[str, Any], known: set[str], where: str) -> None: ...
+    def strings(
+        self, table: Mapping[str, Any], key: str, where: str, default: Any = ...
+    ) -> tuple[str, ...]: ...
 
 
 def read_types(
-    raw: Mapping[str, Any], problem: Problem, scopes: Sequence[str], clients: Sequence[str]
+    raw: Mapping[str, Any], policy: PolicyReader, scopes: Sequence[str], clients: Sequence[str]
 ) -> dict[str, DetailType]:
     """The `[authorization_details.<type>]` tables, each problem reported, none fatal here."""
     types: dict[str, DetailType] = {}
     for name, table in raw.items():
         where = f"authorization_details.{name!r}"
         if not _TYPE_NAME.fullmatch(name):
-            problem(where, "a type name is letters, digits and _.:/+- (at most 128)")
+            policy.problem(where, "a type name is letters, digits and _.:/+- (at most 128)")
             continue
         if not isinstance(table, dict):
-            problem(where, "expected a table")
+            policy.problem(where, "expected a table")
             continue
-        detail_type = _read_type(name, table, where, problem, scopes, clients)
+        detail_type = _read_type(name, table, where, policy, scopes, clients)
         if detail_type is not None:
             types[name] = detail_type
     return types
@@ -105,74 +113,75 @@ def _read_type(
     name: str,
     t: Mapping[str, Any],
     where: str,
-    problem: Problem,
+    policy: PolicyReader,
     scopes: Sequence[str],
     clients: Sequence[str],
 ) -> DetailType | None:
-    _no_unknown(t, {"description", "scopes", "clients", "fields", "required"}, where, problem)
+    policy.no_unknown(t, {"description", "scopes", "clients", "fields", "required"}, where)
     description = t.get("description")
     if not isinstance(description, str) or not description.strip():
-        problem(where, "needs a description: the sentence shown to the user")
+        policy.problem(where, "needs a description: the sentence shown to the user")
         description = ""
-    type_scopes = _strings(t, "scopes", where, problem)
+    type_scopes = policy.strings(t, "scopes", where, [])
     if not type_scopes:
-        problem(where, "needs scopes: the scopes a request with this type must name")
+        policy.problem(where, "needs scopes: the scopes a request with this type must name")
     for scope in type_scopes:
         if scope not in scopes:
-            problem(f"{where}.scopes", f"scope '{scope}' is not defined in [scopes]")
-    type_clients = _strings(t, "clients", where, problem)
+            policy.problem(f"{where}.scopes", f"scope '{scope}' is not defined in [scopes]")
+    type_clients = policy.strings(t, "clients", where, [])
     for client in type_clients:
         if client not in clients:
-            problem(f"{where}.clients", f"client '{client}' is not defined")
+            policy.problem(f"{where}.clients", f"client '{client}' is not defined")
     raw_fields = t.get("fields", {})
     if not isinstance(raw_fields, dict) or not raw_fields:
-        problem(where, "needs [fields]: the fields a detail of this type may carry")
+        policy.problem(where, "needs [fields]: the fields a detail of this type may carry")
         raw_fields = {}
-    fields = _read_fields(raw_fields, f"{where}.fields", problem, depth=1, top=True)
-    required = _strings(t, "required", where, problem)
+    fields = _read_fields(raw_fields, f"{where}.fields", policy, depth=1, top=True)
+    required = policy.strings(t, "required", where, [])
     for missing in sorted(set(required) - set(fields)):
-        problem(f"{where}.required", f"'{missing}' is not one of the fields")
+        policy.problem(f"{where}.required", f"'{missing}' is not one of the fields")
     for path in _PLACEHOLDER.findall(description):
         if _spec_at(fields, path) is None:
-            problem(f"{where}.description", f"{{{path}}} names no field")
+            policy.problem(f"{where}.description", f"{{{path}}} names no field")
     if not type_scopes:
         return None
     return DetailType(name, description, type_scopes, fields, required, type_clients)
 
 
 def _read_fields(
-    raw: Mapping[str, Any], where: str, problem: Problem, *, depth: int, top: bool
+    raw: Mapping[str, Any], where: str, policy: PolicyReader, *, depth: int, top: bool
 ) -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
     for name, t in raw.items():
         here = f"{where}.{name}"
         if name == "type" or not _FIELD_NAME.fullmatch(name):
-            problem(here, "a field name is a letter then letters, digits, _ (and not 'type')")
+            policy.problem(
+                here, "a field name is a letter then letters, digits, _ (and not 'type')"
+            )
             continue
         if not isinstance(t, dict):
-            problem(here, "expected a table with a 'kind'")
+            policy.problem(here, "expected a table with a 'kind'")
             continue
-        spec = _read_field(t, here, problem, depth)
+        spec = _read_field(t, here, policy, depth)
         if spec is None:
             continue
         common = COMMON_KINDS.get(name) if top else None
         if common is not None and spec.kind != common:
-            problem(here, f"is an RFC 9396 common field: its kind is '{common}'")
+            policy.problem(here, f"is an RFC 9396 common field: its kind is '{common}'")
             continue
         fields[name] = spec
     return fields
 
 
-def _read_field(t: Mapping[str, Any], where: str, problem: Problem, depth: int) -> FieldSpec | None:
-    _no_unknown(
-        t,
-        {"kind", "label", "max_length", "enum", "scale", "max", "fields", "required"},
-        where,
-        problem,
+def _read_field(
+    t: Mapping[str, Any], where: str, policy: PolicyReader, depth: int
+) -> FieldSpec | None:
+    policy.no_unknown(
+        t, {"kind", "label", "max_length", "enum", "scale", "max", "fields", "required"}, where
     )
     kind = t.get("kind")
     if kind not in KINDS:
-        problem(where, f"kind must be one of {sorted(KINDS)}")
+        policy.problem(where, f"kind must be one of {sorted(KINDS)}")
         return None
     allowed = {
         "string": {"max_length", "enum"},
@@ -182,10 +191,10 @@ def _read_field(t: Mapping[str, Any], where: str, problem: Problem, depth: int) 
         "object": {"fields", "required"},
     }[kind] | {"kind", "label"}
     for key in sorted(set(t) - allowed):
-        problem(where, f"'{key}' does not apply to kind '{kind}'")
+        policy.problem(where, f"'{key}' does not apply to kind '{kind}'")
     label = t.get("label", "")
     if not isinstance(label, str):
-        problem(f"{where}.label", "expected a string")
+        policy.problem(f"{where}.label", "expected a string")
         label = ""
     max_length = t.get("max_length", DEFAULT_MAX_LENGTH)
     if (
@@ -193,50 +202,39 @@ def _read_field(t: Mapping[str, Any], where: str, problem: Problem, depth: int) 
         or not isinstance(max_length, int)
         or not 1 <= max_length <= 4096
     ):
-        problem(f"{where}.max_length", "must be an integer from 1 to 4096")
+        policy.problem(f"{where}.max_length", "must be an integer from 1 to 4096")
         max_length = DEFAULT_MAX_LENGTH
-    enum = _strings(t, "enum", where, problem)
+    enum = policy.strings(t, "enum", where, [])
     if kind == "currency":
         for code in enum:
             if not _CURRENCY.fullmatch(code):
-                problem(f"{where}.enum", f"'{code}' is not a three-letter ISO 4217 code")
+                policy.problem(f"{where}.enum", f"'{code}' is not a three-letter ISO 4217 code")
     scale = t.get("scale", 2)
     if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= 8:
-        problem(f"{where}.scale", "must be an integer from 0 to 8")
+        policy.problem(f"{where}.scale", "must be an integer from 0 to 8")
         scale = 2
     maximum = None
     if "max" in t:
         maximum = _decimal(t["max"]) if isinstance(t["max"], str) else None
         if maximum is None:
-            problem(f"{where}.max", 'must be a decimal number written as a string, e.g. "10000.00"')
+            policy.problem(
+                f"{where}.max", 'must be a decimal number written as a string, e.g. "10000.00"'
+            )
     fields: dict[str, FieldSpec] = {}
     required: tuple[str, ...] = ()
     if kind == "object":
         if depth >= MAX_DEPTH:
-            problem(where, f"objects nest at most {MAX_DEPTH} deep")
+            policy.problem(where, f"objects nest at most {MAX_DEPTH} deep")
             return None
         raw_fields = t.get("fields")
         if not isinstance(raw_fields, dict) or not raw_fields:
-            problem(where, "an object needs fields")
+            policy.problem(where, "an object needs fields")
             raw_fields = {}
-        fields = _read_fields(raw_fields, f"{where}.fields", problem, depth=depth + 1, top=False)
-        required = _strings(t, "required", where, problem)
+        fields = _read_fields(raw_fields, f"{where}.fields", policy, depth=depth + 1, top=False)
+        required = policy.strings(t, "required", where, [])
         for missing in sorted(set(required) - set(fields)):
-            problem(f"{where}.required", f"'{missing}' is not one of the fields")
+            policy.problem(f"{where}.required", f"'{missing}' is not one of the fields")
     return FieldSpec(kind, label, max_length, enum, scale, maximum, fields, required)
-
-
-def _no_unknown(t: Mapping[str, Any], known: set[str], where: str, problem: Problem) -> None:
-    for key in sorted(set(t) - known):
-        problem(where, f"unknown key '{key}'")
-
-
-def _strings(t: Mapping[str, Any], key: str, where: str, problem: Problem) -> tuple[str, ...]:
-    value = t.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        problem(f"{where}.{key}", "expected a list of non-empty strings")
-        return ()
-    return tuple(value)
 
 
 def _spec_at(fields: Mapping[str, FieldSpec], path: str) -> FieldSpec | None:
