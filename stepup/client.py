@@ -46,6 +46,7 @@ from stepup.protocol.challenge import (
     parse_www_authenticate,
     step_up_requirement,
 )
+from stepup.resource.tokens import unverified_parts
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
@@ -170,12 +171,8 @@ def _asks_for_nonce(response: httpx.Response) -> bool:
 def _is_dpop_bound(token: str) -> bool:
     """Whether a JWT names a key it is bound to (cnf.jkt). Read without verifying: it is
     this client's own token, and only decides how to present it."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return False
-    return isinstance(claims, dict) and isinstance(claims.get("cnf"), dict)
+    parts = unverified_parts(token)
+    return parts is not None and isinstance(parts[1].get("cnf"), dict)
 
 
 class StepUpAuth(httpx.Auth):
