@@ -86,6 +86,12 @@ class Proof:
     iat: int
     claims: Mapping[str, Any]
 
+    @property
+    def replay_key(self) -> str:
+        # §11.1: a proof is good once. Keyed by the key too, so nobody can spend another
+        # client's jti before it does.
+        return f"{self.jkt}:{self.jti}"
+
 
 def thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 SHA-256 JWK thumbprint, base64url without padding (RFC 9449 §6.1 `jkt`)."""
@@ -191,13 +197,14 @@ async def verify_proof(
     uri: str,
     now: float,
     policy: ProofPolicy,
-    claim: ClaimOnce,
+    claim: ClaimOnce | None,
     access_token: str | None = None,
     nonce: Callable[[str | None], bool] | None = None,
 ) -> Proof:
     """RFC 9449 §4.3: the one `DPoP` header of a request to `method uri`. `nonce`, when the
     server requires one, says whether the proof's `nonce` is current. The jti is claimed last,
-    so a proof failing any other check leaves nothing behind."""
+    so a proof failing any other check leaves nothing behind; with `claim=None` the caller
+    claims `proof.replay_key` itself (for `policy.replay_ttl`), later."""
     # Step 1: exactly one DPoP header field.
     if len(headers) != 1:
         raise ProofError(
@@ -276,12 +283,10 @@ async def verify_proof(
             raise ProofError(
                 "The DPoP proof is not for this access token", detail="ath missing or wrong"
             )
-    jkt = key.thumbprint()
-    # §11.1: a proof is good once. Keyed by the key too, so nobody can spend another
-    # client's jti before it does.
-    if not await claim(f"{jkt}:{jti}", policy.replay_ttl):
+    proof = Proof(jkt=key.thumbprint(), jti=jti, iat=iat, claims=claims)
+    if claim is not None and not await claim(proof.replay_key, policy.replay_ttl):
         raise ProofError("The DPoP proof was already used", detail=f"jti replay {jti[:40]!r}")
-    return Proof(jkt=jkt, jti=jti, iat=iat, claims=claims)
+    return proof
 
 
 class Nonces:

@@ -197,7 +197,9 @@ class Guard:
             proof = None
             if scheme == "dpop":
                 proof = await self._proof(dpop, method, uri or self.resource.resource, value)
-            token = await self._verify(value, requirement, _Proven(proof, self._replay))
+            token = await self._verify(
+                value, requirement, _Proven(proof, self.proof_policy.replay_ttl, self._replay)
+            )
             check(token, requirement, self.levels, self.clock.now(), self.resource.leeway)
         except MissingToken as refusal:
             # No error code (RFC 6750 §3.1), but the scope hint helps a client ask for it.
@@ -219,30 +221,21 @@ class Guard:
             raise
         return token
 
-    async def _proof(
-        self, headers: Sequence[str], method: str, uri: str, token: str
-    ) -> tuple[dpop.Proof, tuple[str, int]]:
-        """The proof, every check passed but the one-time claim of its jti, and that claim
-        (`_Proven.claim` makes it once the token is known to be good)."""
-        deferred: list[tuple[str, int]] = []
-
-        async def later(key: str, ttl: int) -> bool:
-            deferred.append((key, ttl))
-            return True
-
+    async def _proof(self, headers: Sequence[str], method: str, uri: str, token: str) -> dpop.Proof:
+        """The proof, every check passed but the one-time claim of its jti (`_Proven.claim`
+        makes it once the token is known to be good)."""
         try:
-            proof = await dpop.verify_proof(
+            return await dpop.verify_proof(
                 headers,
                 method=method,
                 uri=uri,
                 now=self.clock.now(),
                 policy=self.proof_policy,
-                claim=later,
+                claim=None,
                 access_token=token,
             )
         except dpop.ProofError as exc:
             raise InvalidDPoPProof(exc.description, detail=exc.detail) from exc
-        return proof, deferred[0]
 
     def _bound(self, token: AccessToken, proof: dpop.Proof | None) -> AccessToken:
         self._check_binding(token.claims, proof)
@@ -342,18 +335,17 @@ class Guard:
 class _Proven:
     """A request's checked proof (or None) and the one-time claim of its jti still to make."""
 
-    def __init__(
-        self, proven: tuple[dpop.Proof, tuple[str, int]] | None, replay: dpop.ClaimOnce
-    ) -> None:
-        self.proof = proven[0] if proven is not None else None
-        self._pending = proven[1] if proven is not None else None
+    def __init__(self, proof: dpop.Proof | None, ttl: int, replay: dpop.ClaimOnce) -> None:
+        self.proof = proof
+        self._pending = proof is not None
+        self._ttl = ttl
         self._replay = replay
 
     async def claim(self) -> None:
         # RFC 9449 §11.1: a proof is good once.
-        if self._pending is None:
+        if self.proof is None or not self._pending:
             return
-        key, ttl = self._pending
-        self._pending = None
-        if not await self._replay(key, ttl):
+        self._pending = False
+        key = self.proof.replay_key
+        if not await self._replay(key, self._ttl):
             raise InvalidDPoPProof("The DPoP proof was already used", detail=f"jti replay {key}")
