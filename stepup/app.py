@@ -143,7 +143,7 @@ def create_app(
             keys_task = asyncio.create_task(watch.run(services), name="stepup-key-watch")
             try:
                 async with services.audit.streaming(
-                    RedisAuditLog(store.redis),
+                    RedisAuditLog(store.redis, store.execute),
                     audit_keys,
                     retention_days=config.audit.retention_days,
                     errors=STORAGE_ERRORS,

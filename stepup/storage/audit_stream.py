@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from stepup.audit import Link
 from stepup.storage import keys
+from stepup.storage.redis import Execute, run_script
 
 # KEYS[1] the stream, KEYS[2] the head; ARGV[1] the head the links were chained onto,
 # ARGV[2] the writer's clock in ms, ARGV[3..] (body, prev, mac, kid) per entry.
@@ -65,8 +66,13 @@ return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 
 
 class RedisAuditLog:
-    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, execute: Execute | None = None
+    ) -> None:
+        """`execute`: the store's command path (RedisStore.execute), shared rather than a
+        second multiplexed connection; redis-py's own by default."""
         self.redis = client
+        self.execute: Execute = execute or client.execute_command
         self._append = client.register_script(APPEND)
         self._trim = client.register_script(TRIM)
 
@@ -74,7 +80,9 @@ class RedisAuditLog:
         args: list[str | bytes | int] = [expected_head, now_ms]
         for link in links:
             args.extend((link.body, link.prev, link.mac, link.kid))
-        found = await self._append(keys=[keys.audit_stream(), keys.audit_head()], args=args)
+        found = await run_script(
+            self.execute, self._append, [keys.audit_stream(), keys.audit_head()], args
+        )
         return None if found is None else _text(found)
 
     async def trim(self, before_ms: int) -> int:

@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from stepup.models import Elevation
 from stepup.storage import keys
-from stepup.storage.redis import RedisStore, dump_compact, run_script
+from stepup.storage.redis import RedisStore, dump_compact
 
 # KEYS[1] the subject's index, KEYS[2] the active set, KEYS[3] the token's record, KEYS[4] its
 # revoked marker; ARGV[1] jti, ARGV[2] exp, ARGV[3] now, ARGV[4] how long to keep the index,
@@ -65,7 +65,7 @@ class RedisElevationIndex:
         if self._cluster:
             await self.track(subject, jti, elevation.exp, now, keep)
             return await self.store.record_elevation(elevation, ttl)
-        recorded = await run_script(
+        recorded = await self.store.run_script(
             self._track_and_record,
             [
                 keys.subject_elevations(subject),
@@ -78,7 +78,7 @@ class RedisElevationIndex:
         return bool(recorded)
 
     async def untrack(self, jti: str) -> None:
-        await self.redis.zrem(keys.active_elevations(), jti)
+        await self.store.execute("ZREM", keys.active_elevations(), jti)
 
     async def held(self, subject: str, now: int) -> list[tuple[str, int]]:
         found: Any = await self.redis.zrangebyscore(

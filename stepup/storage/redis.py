@@ -7,7 +7,7 @@ never by a read followed by a write.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -20,6 +20,7 @@ from redis.typing import EncodableT
 from stepup import models
 from stepup.models import Elevation, Factor, Grant, RecentStepUp
 from stepup.storage import keys
+from stepup.storage.multiplex import Multiplexed
 
 T = TypeVar("T")
 
@@ -172,13 +173,27 @@ def dump_compact(record: object) -> bytes:
     return orjson.dumps(data)
 
 
-async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
-    """A registered script by EVALSHA on its client; on NOSCRIPT (a restarted or failed-over
-    Redis) loaded again, as redis-py's Script.__call__ does. Calling EVALSHA directly skips
-    that wrapper's per-call import, tuple copies and pipeline check: about 13 of the ~90 us
-    of client CPU a short script took here."""
+# A command as it goes to Redis ("GET", key) -> its raw reply (no redis-py response callback
+# is relied on, so both paths below answer alike).
+Execute = Callable[..., Awaitable[Any]]
+
+
+def command_path(client: aioredis.Redis | RedisCluster) -> tuple[Execute, Multiplexed | None]:
+    """How the hot commands reach Redis: a single Redis over one shared multiplexed connection
+    (multiplex.py), a Cluster or TLS through redis-py's execute_command."""
+    multiplexed = None if isinstance(client, RedisCluster) else Multiplexed.for_client(client)
+    if multiplexed is not None:
+        return multiplexed.execute, multiplexed
+    return client.execute_command, None
+
+
+async def run_script(
+    execute: Execute, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
+) -> Any:
+    """A registered script by EVALSHA; on NOSCRIPT (a restarted or failed-over Redis) loaded
+    again through redis-py, as its Script.__call__ does."""
     try:
-        return await script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
+        return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:
         return await script(keys=keys, args=args)
 
@@ -194,6 +209,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self.redis = client
         self._cluster = isinstance(client, RedisCluster)
+        self.execute, self._multiplexed = command_path(client)
         self._redeem = client.register_script(REDEEM_CODE)
         self._redeem_of = client.register_script(REDEEM_CODE_OF)
         self._claim_step = client.register_script(CLAIM_STEP)
@@ -207,7 +223,14 @@ class RedisStore:
         self._remove_factor = client.register_script(REMOVE_FACTOR)
 
     async def close(self) -> None:
+        if self._multiplexed is not None:
+            await self._multiplexed.close()
         await self.redis.aclose()
+
+    async def run_script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
+    ) -> Any:
+        return await run_script(self.execute, script, keys, args)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -215,25 +238,23 @@ class RedisStore:
     # -- short-lived records --------------------------------------------------------------
 
     async def put(self, key: str, record: object, ttl: int) -> None:
-        # The command itself: set()'s optional-argument handling and its experimental-args
-        # wrapper cost about 16 us of client CPU a call (a pushed request, a code, …).
-        await self.redis.execute_command("SET", key, models.dump(record), "EX", max(1, ttl))
+        await self.execute("SET", key, models.dump(record), "EX", max(1, ttl))
 
     async def get(self, key: str, cls: type[T]) -> T | None:
-        raw = await self.redis.get(key)
+        raw = await self.execute("GET", key)
         return None if raw is None else models.load(cls, raw)
 
     async def take(self, key: str, cls: type[T]) -> T | None:
-        raw = await self.redis.getdel(key)
+        raw = await self.execute("GETDEL", key)
         return None if raw is None else models.load(cls, raw)
 
     async def delete(self, key: str) -> bool:
-        return bool(await self.redis.delete(key))
+        return bool(await self.execute("DEL", key))
 
     async def claim_once(self, key: str, ttl: int) -> bool:
         """True for the first claim of `key` within `ttl` seconds: one SET NX EX, atomic
         across every instance on this Redis."""
-        return bool(await self.redis.set(key, b"1", nx=True, ex=max(1, ttl)))
+        return bool(await self.execute("SET", key, b"1", "NX", "EX", max(1, ttl)))
 
     # -- authorization codes --------------------------------------------------------------
 
@@ -241,7 +262,7 @@ class RedisStore:
         self, code: str, jti: str, remember: int
     ) -> tuple[Grant | None, str | None]:
         """Consume a code. Returns (grant, None), or (None, jti it produced) on replay."""
-        grant, spent = await run_script(
+        grant, spent = await self.run_script(
             self._redeem, [keys.code(code), keys.code_spent(code)], [jti, remember]
         )
         if grant:
@@ -259,7 +280,7 @@ class RedisStore:
         if self._cluster:
             grant, spent = await self.redeem_code(code, jti, remember)
             return grant, spent, await self.is_disabled(subject)
-        found, spent, disabled = await run_script(
+        found, spent, disabled = await self.run_script(
             self._redeem_of,
             [keys.code(code), keys.code_spent(code), keys.disabled(subject)],
             [jti, remember],
@@ -272,7 +293,7 @@ class RedisStore:
 
     async def record_elevation(self, elevation: Elevation, ttl: int) -> bool:
         jti = elevation.jti
-        recorded = await run_script(
+        recorded = await self.run_script(
             self._record_elevation,
             [keys.elevation(jti), keys.elevation_revoked(jti)],
             [dump_compact(elevation), max(1, ttl)],
@@ -332,10 +353,10 @@ class RedisStore:
 
     async def use_recovery_code(self, subject: str, digest: str) -> bool:
         # SREM is one atomic command: of two racing uses of one code, exactly one removes it.
-        return bool(await self.redis.srem(keys.recovery_codes(subject), digest))
+        return bool(await self.execute("SREM", keys.recovery_codes(subject), digest))
 
     async def save_factor(self, subject: str, factor: Factor) -> None:
-        await self.redis.hset(keys.factors(subject), factor.id, models.dump(factor))
+        await self.execute("HSET", keys.factors(subject), factor.id, models.dump(factor))
 
     async def add_first_factor(self, subject: str, factor: Factor) -> bool:
         """Adds a factor only while the subject has none (two racing enrolments: one wins)."""
@@ -351,13 +372,13 @@ class RedisStore:
         return bool(updated)
 
     async def is_disabled(self, subject: str) -> bool:
-        return bool(await self.redis.exists(keys.disabled(subject)))
+        return bool(await self.execute("EXISTS", keys.disabled(subject)))
 
     async def set_disabled(self, subject: str, disabled: bool) -> None:
         if disabled:
-            await self.redis.set(keys.disabled(subject), "1")
+            await self.execute("SET", keys.disabled(subject), "1")
         else:
-            await self.redis.delete(keys.disabled(subject))
+            await self.execute("DEL", keys.disabled(subject))
 
     async def claim_totp_step(self, subject: str, factor_id: str, step: int, ttl: int) -> bool:
         key = keys.totp_last_step(subject, factor_id)
@@ -366,7 +387,7 @@ class RedisStore:
     # -- throttling -----------------------------------------------------------------------
 
     async def blocked_until(self, subject: str) -> float:
-        value = await self.redis.hget(keys.throttle(subject), "until")
+        value = await self.execute("HGET", keys.throttle(subject), "until")
         return float(value) if value else 0.0
 
     async def record_failure(
@@ -378,7 +399,7 @@ class RedisStore:
         return int(failures), float(until)
 
     async def clear_failures(self, subject: str) -> None:
-        await self.redis.delete(keys.throttle(subject))
+        await self.execute("DEL", keys.throttle(subject))
 
     # -- recently proven step-ups -----------------------------------------------------------
 
