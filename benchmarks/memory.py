@@ -108,7 +108,7 @@ async def elevations(url: str, count: int, progress: Progress) -> dict[str, Any]
             "record_json_bytes": len(next(raw for raw in raws if raw is not None)),
         }
     finally:
-        await client.aclose()
+        await store.close()  # the client and the store's multiplexed connection
 
 
 async def pending_requests(url: str) -> dict[str, Any]:
