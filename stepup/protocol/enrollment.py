@@ -93,9 +93,15 @@ async def show(services: Services, enrollment_id: str, browser: str) -> Page:
     if enrollment is None:
         return error_page("Link expired", EXPIRED)
     if enrollment.browser is None:
-        enrollment.browser = browser
-        await _save(services, enrollment_id, enrollment)
-    elif not hmac.compare_digest(enrollment.browser, browser):
+        # The link belongs to the first browser that opens it: one atomic bind, so of
+        # browsers racing to open it one wins (reading the record, then saving it, let all in).
+        remaining = max(1, enrollment.expires_at - services.now())
+        enrollment.browser = await services.store.bind_once(
+            keys.enrollment_browser(enrollment_id), browser, remaining
+        )
+        if enrollment.browser == browser:
+            await _save(services, enrollment_id, enrollment)
+    if not hmac.compare_digest(enrollment.browser, browser):
         return error_page(
             "Open this in the same browser",
             "This enrolment link was opened in another browser.",

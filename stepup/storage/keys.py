@@ -34,6 +34,11 @@ def enrollment(enrollment_id: str) -> str:
     return f"{PREFIX}:enrol:{digest(enrollment_id)}"
 
 
+def enrollment_browser(enrollment_id: str) -> str:
+    """The browser an enrolment link belongs to: the first one that opened it."""
+    return f"{PREFIX}:enrol-browser:{digest(enrollment_id)}"
+
+
 def code(code_value: str) -> str:
     return f"{PREFIX}:{{c:{digest(code_value)}}}:code"
 

@@ -61,6 +61,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
+# KEYS[1] a binding; ARGV[1] the value that would take it, ARGV[2] its lifetime.
+# The first value to arrive is kept; every caller gets the value kept.
+BIND_ONCE = """
+local bound = redis.call('GET', KEYS[1])
+if bound then
+  return bound
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
 # KEYS[1] the subject's throttle hash; ARGV[1] now, ARGV[2] free attempts, ARGV[3] base delay,
 # ARGV[4] max delay, ARGV[5] max failures, ARGV[6] lockout seconds.
 # Counts one failure and returns {failures, blocked_until}: waits grow 2^n after the free attempts.
@@ -213,6 +224,7 @@ class RedisStore:
         self._redeem = client.register_script(REDEEM_CODE)
         self._redeem_of = client.register_script(REDEEM_CODE_OF)
         self._claim_step = client.register_script(CLAIM_STEP)
+        self._bind_once = client.register_script(BIND_ONCE)
         self._record_failure = client.register_script(RECORD_FAILURE)
         self._add_first_factor = client.register_script(ADD_FIRST_FACTOR)
         self._update_factor = client.register_script(UPDATE_FACTOR)
@@ -255,6 +267,12 @@ class RedisStore:
         """True for the first claim of `key` within `ttl` seconds: one SET NX EX, atomic
         across every instance on this Redis."""
         return bool(await self.execute("SET", key, b"1", "NX", "EX", max(1, ttl)))
+
+    async def bind_once(self, key: str, value: str, ttl: int) -> str:
+        """The value `key` is bound to: `value` if this call bound it first (for `ttl`
+        seconds), else the one bound before; of racing callers exactly one binds."""
+        bound = await self.run_script(self._bind_once, [key], [value, max(1, ttl)])
+        return bound.decode() if isinstance(bound, bytes) else str(bound)
 
     # -- authorization codes --------------------------------------------------------------
 
