@@ -10,7 +10,7 @@ import asyncio
 import json
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,6 +48,15 @@ class UpstreamUnavailable(Exception):
 class _Cached:
     keys: KeySet
     fetched_at: float
+    # The key ids, read once: joserfc's `kid` is a property worked out on every access, and
+    # every subject token asks whether its kid is among them.
+    kids: frozenset[str | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kids = frozenset(key.kid for key in self.keys)
+
+    def has_kid(self, kid: str | None) -> bool:
+        return kid is None or kid in self.kids
 
 
 class UpstreamKeys:
@@ -71,7 +80,7 @@ class UpstreamKeys:
     async def keys_for(self, upstream: Upstream, kid: str | None) -> KeySet:
         cached = self._cache.get(upstream.issuer)
         now = self._clock.now()
-        if cached and now - cached.fetched_at < self._max_age and _has_kid(cached.keys, kid):
+        if cached and now - cached.fetched_at < self._max_age and cached.has_kid(kid):
             return cached.keys
         lock = self._locks.setdefault(upstream.issuer, asyncio.Lock())
         async with lock:
@@ -80,7 +89,7 @@ class UpstreamKeys:
             # refresh_interval, so forged kids cannot make stepup hammer the issuer.
             fresh = cached is not None and now - cached.fetched_at < self._max_age
             recent = cached is not None and now - cached.fetched_at < self._refresh_interval
-            if cached and ((fresh and _has_kid(cached.keys, kid)) or recent):
+            if cached and ((fresh and cached.has_kid(kid)) or recent):
                 return cached.keys
             try:
                 keys = await self._fetch(upstream)
@@ -151,12 +160,6 @@ class _Verified:
     kid: str | None
     keys: KeySet
     claims: dict[str, Any]
-
-
-def _has_kid(keys: KeySet, kid: str | None) -> bool:
-    if kid is None:
-        return True
-    return any(key.kid == kid for key in keys)
 
 
 class SubjectValidator:

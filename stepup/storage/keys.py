@@ -7,11 +7,15 @@ only per issuer, and a digest keeps arbitrary characters out of key names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 PREFIX = "stepup"
 
 
+# A subject's id is asked for several times a request (keys, audit, throttling): remembered
+# for the most recent subjects (a pure function, nothing secret in it).
+@functools.lru_cache(maxsize=4096)
 def subject_id(issuer: str, sub: str) -> str:
     return hashlib.sha256(f"{issuer}\x00{sub}".encode()).hexdigest()[:32]
 
