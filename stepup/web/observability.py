@@ -15,8 +15,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepup.audit import correlation_id
 from stepup.config import secret_matches
+from stepup.logs import correlation_id
 from stepup.metrics import CONTENT_TYPE, Metrics
 from stepup.protocol.admin import bearer
 from stepup.services import Services
