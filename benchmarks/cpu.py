@@ -7,7 +7,16 @@ itself, nor uvicorn's HTTP parsing, which is the same for every endpoint).
     .venv/bin/python -m benchmarks.cpu --only exchange --requests 4000 --rounds 5
     .venv/bin/py-spy record --native -o cpu.svg -- .venv/bin/python -m benchmarks.cpu
 
-Far steadier than req/s on a shared machine: CPU time moves little with the neighbours' load.
+Far steadier than req/s on a shared machine, though CPU time still moves ±20 % with the
+neighbours' load. For changes smaller than that, count instructions instead (user space only,
+not the kernel's share; the same count run after run to 0.2 %): under callgrind with counting
+off at the start, `--callgrind` turns it on for the measured requests only,
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \
+        .venv/bin/python -m benchmarks.cpu --callgrind --only intake --rounds 1 --requests 1000
+
+and the Ir total callgrind prints at the end, divided by the requests measured, is the
+instructions per request.
 The setup is the benchmark's (flow.py): a private Redis, the same policy and key files, one
 real TOTP proof on the verification page, then codes through the real `/par` + `/authorize`
 (the proof is reused within max_age). Every answer's status is checked; a wrong one stops
@@ -20,8 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -165,19 +176,31 @@ async def _codes(browser: httpx.AsyncClient, subject_token: str, count: int) -> 
     return found
 
 
+def _count_instructions(on: bool) -> None:
+    """Callgrind's counting on or off for this process (`--callgrind`)."""
+    switch = "--instr=on" if on else "--instr=off"
+    subprocess.run(["callgrind_control", switch, str(os.getpid())], check=True, capture_output=True)
+
+
 async def _timed(
-    make: Callable[[int], Awaitable[object]], count: int, concurrency: int
+    make: Callable[[int], Awaitable[object]], count: int, concurrency: int, *, count_in: bool
 ) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) for `count` calls of make(i) from `concurrency` tasks."""
+    """(CPU seconds, wall seconds) for `count` calls of make(i) from `concurrency` tasks;
+    `count_in`: counted by callgrind too."""
     queue = iter(range(count))
 
     async def worker() -> None:
         for index in queue:
             await make(index)
 
+    if count_in:
+        _count_instructions(True)
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if count_in:
+        _count_instructions(False)
+    return cpu, wall
 
 
 async def _measure(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
@@ -243,8 +266,8 @@ async def _rounds(
     results: dict[str, list[float]] = {name: [] for name in only}
     for round_ in range(args.rounds):
         for name, make in makers.items():
-            await _timed(make, args.warmup, args.concurrency)
-            cpu, wall = await _timed(make, args.requests, args.concurrency)
+            await _timed(make, args.warmup, args.concurrency, count_in=False)
+            cpu, wall = await _timed(make, args.requests, args.concurrency, count_in=args.callgrind)
             results[name].append(cpu / args.requests * 1e6)
             print(
                 f"round {round_ + 1} {name:14} {cpu / args.requests * 1e6:7.0f} µs CPU/request"
@@ -261,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="under valgrind --tool=callgrind --instr-atstart=no: count the measured requests only",
+    )
     args = parser.parse_args(argv)
     # As `stepup serve`: JSON lines (the audit line included), here into a file.
     logs.configure()
@@ -275,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     print("median of rounds, µs of CPU per request:")
     for name, values in results.items():
         print(f"  {name:14} {statistics.median(values):7.0f}  (min {min(values):.0f})")
+    if args.callgrind:
+        counted = args.requests * args.rounds * len(results)
+        print(f"instructions per request: callgrind's Ir total / {counted} requests counted")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The audit trail: one typed event per decision, with the request's correlation id.
 
-Each event is written twice: at once as a JSON line on the `stepup.audit` logger, and, by a
-background writer, into a Redis Stream where every entry carries the HMAC-SHA256 of the one
+Each event is written twice: as a JSON line on the `stepup.audit` logger (under `stepup serve`,
+with the other lines of the same event-loop iteration at its end: logs.JsonLinesHandler), and,
+by a background writer, into a Redis Stream where every entry carries the HMAC-SHA256 of the one
 before it (a keyed hash chain), so a deleted or edited entry is detected by `stepup audit
 verify`. Never a secret, code or token: a jti or a digest at most.
 
@@ -19,21 +20,18 @@ import hmac
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Required, TypedDict, cast
 
 import orjson
 
-from stepup import keyfiles
+from stepup import keyfiles, logs
 from stepup.clock import Clock
+from stepup.logs import correlation_id
 
-_log = logging.getLogger("stepup.audit")
+_log = logging.getLogger(logs.AUDIT_LOGGER)
 _writer_log = logging.getLogger("stepup.audit.writer")
-
-# Set by the web layer for each request (X-Request-ID, or a generated one).
-correlation_id: ContextVar[str | None] = ContextVar("stepup_correlation_id", default=None)
 
 
 class AuditEvent(TypedDict, total=False):
@@ -70,7 +68,9 @@ class AuditKeys:
             if len(key) != 32 or not key_id or ":" in key_id:
                 raise AuditKeyError(f"audit key '{key_id}' must be 32 bytes with a plain id")
         self.current = keys[0][0]
-        self._keys = dict(keys)
+        # Keyed once: each MAC starts from a copy (HMAC.copy, for messages that share a
+        # start; here the key setup), not from hmac.new, whose key setup was most of its cost.
+        self._keyed = {key_id: hmac.new(key, digestmod=hashlib.sha256) for key_id, key in keys}
 
     @classmethod
     def load(cls, path: Path) -> AuditKeys:
@@ -85,10 +85,12 @@ class AuditKeys:
         return cls.load(path)
 
     def mac(self, key_id: str, prev: str, body: bytes) -> str | None:
-        key = self._keys.get(key_id)
-        if key is None:
+        keyed = self._keyed.get(key_id)
+        if keyed is None:
             return None
-        return hmac.new(key, prev.encode("ascii") + b"\n" + body, hashlib.sha256).hexdigest()
+        entry = keyed.copy()
+        entry.update(prev.encode("ascii") + b"\n" + body)
+        return entry.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ class Audit:
             entry["request_id"] = request_id
         entry.update(cast(AuditEvent, {k: v for k, v in fields.items() if v is not None}))
         line = orjson.dumps(entry)
-        _log.info(line.decode())
+        logs.write(_log, line.decode())
         for observer in self._observers:
             observer(entry)
         if self._streaming:

@@ -20,6 +20,20 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# Events whose counts read more than their name and outcome: the factor's kind, the step-up's
+# level, or the factor an earlier event of the same request proved.
+_READ_FURTHER = frozenset(
+    {
+        "factor.verify",
+        "enrolment.added",
+        "stepup.approved",
+        "stepup.reused",
+        "stepup.cancelled",
+        "authorize.start",
+    }
+)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -83,6 +97,9 @@ class Metrics:
         # joins the values and takes a lock on every call; a hot path pays that once per
         # label set instead. The children are the registry's own (no new label sets).
         self._children: dict[tuple[object, ...], Any] = {}
+        # (event, outcome) -> the children it increments, for every event whose counts need
+        # nothing but those two (all but _READ_FURTHER): one lookup per audit event.
+        self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def child(self, metric: Counter | Histogram, *values: str) -> Any:
         key = (metric, *values)
@@ -94,6 +111,23 @@ class Metrics:
     def observe(self, entry: AuditEvent) -> None:
         """An audit event (see stepup/audit.py), as recorded."""
         event, outcome = str(entry["event"]), str(entry["outcome"])
+        counters = self._counters.get((event, outcome))
+        if counters is None:
+            if event in _READ_FURTHER:
+                self._observe_fields(entry, event, outcome)
+                return
+            counters = self._counters[(event, outcome)] = self._plain(event, outcome)
+        for counter in counters:
+            counter.inc()
+
+    def _plain(self, event: str, outcome: str) -> tuple[Any, ...]:
+        """The children an event counted by its name and outcome alone increments."""
+        counted = self.child(self.events, event, outcome)
+        if event.startswith("token."):
+            return counted, self.child(self.tokens, event.removeprefix("token."), outcome)
+        return (counted,)
+
+    def _observe_fields(self, entry: AuditEvent, event: str, outcome: str) -> None:
         self.child(self.events, event, outcome).inc()
         request = str(entry.get("request_id", ""))
         if event == "factor.verify":
@@ -114,8 +148,6 @@ class Metrics:
             self.stepups.labels("denied", "none", str(entry.get("acr", ""))).inc()
         elif event == "authorize.start" and outcome == "unmet":
             self.stepups.labels("unmet", "none", str(entry.get("acr", ""))).inc()
-        elif event.startswith("token."):
-            self.child(self.tokens, event.removeprefix("token."), outcome).inc()
 
     def _remember(self, request: str, kind: str) -> None:
         self._proved[request] = kind

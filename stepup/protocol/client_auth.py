@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
 from urllib.parse import unquote
 
@@ -16,6 +17,41 @@ from stepup.errors import InvalidClient, InvalidRequest
 AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 # Compared against when the id is unknown, so both paths cost the same.
 _DUMMY_HASH = hash_secret("not-a-real-secret")
+REMEMBERED_HEADERS = 1024
+# The id a caller authenticated with, and what it names.
+_Identity = tuple[str, Client | ResourceServer]
+
+
+class _Remembered:
+    """Authorization headers that authenticated, by the SHA-256 of the whole header, for one
+    config object (a new object, or another app's, starts afresh): the same header under the
+    same config always finds the same identity, so a resource server that sends its Basic
+    header on every introspection pays the decoding and the secret's hash once.
+
+    Only successes are added, so a guess is checked in full every time, and an unknown id
+    still costs what a known one does. A digest, not the header, is kept: no usable secret
+    stays in memory, and a different header that matched would be a SHA-256 collision (the
+    stored secret hashes rest on the same). Bounded: one client can make endless spellings of
+    its own valid header (percent-encoding, spaces), which only push older ones out."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._found: dict[tuple[str, bytes], _Identity] = {}
+
+    def get(self, config: Config, admit: str, digest: bytes) -> _Identity | None:
+        if config is not self._config:
+            return None
+        return self._found.get((admit, digest))
+
+    def add(self, config: Config, admit: str, digest: bytes, found: _Identity) -> None:
+        if config is not self._config:
+            self._config, self._found = config, {}
+        elif len(self._found) >= REMEMBERED_HEADERS:
+            del self._found[next(iter(self._found))]  # the oldest
+        self._found[(admit, digest)] = found
+
+
+_remembered = _Remembered()
 
 
 def credentials(authorization: str | None, form: Mapping[str, str]) -> tuple[str, str]:
@@ -45,6 +81,26 @@ def authenticate(
     config: Config, authorization: str | None, form: Mapping[str, str], *, admit: str
 ) -> Client | ResourceServer:
     """`admit` is "client", "resource_server" or "any"."""
+    digest = None
+    known: _Identity | None = None
+    if authorization and "client_secret" not in form:
+        digest = hashlib.sha256(authorization.encode()).digest()
+        known = _remembered.get(config, admit, digest)
+    checked = known is None
+    if known is None:
+        known = _check(config, authorization, form, admit)
+    identity, found = known
+    body_id = form.get("client_id")
+    if body_id is not None and body_id != identity:
+        raise InvalidClient("client authentication failed", detail="client_id does not match")
+    if checked and digest is not None:
+        _remembered.add(config, admit, digest, known)  # only once every check has passed
+    return found
+
+
+def _check(
+    config: Config, authorization: str | None, form: Mapping[str, str], admit: str
+) -> _Identity:
     identity, secret = credentials(authorization, form)
     found: Client | ResourceServer | None = None
     if admit in ("client", "any"):
@@ -56,10 +112,7 @@ def authenticate(
         raise InvalidClient(
             "client authentication failed", detail=f"bad credentials for {identity!r}"
         )
-    body_id = form.get("client_id")
-    if body_id is not None and body_id != identity:
-        raise InvalidClient("client authentication failed", detail="client_id does not match")
-    return found
+    return identity, found
 
 
 def authenticate_client(

@@ -94,7 +94,13 @@ def endpoint(handler: Handler) -> Endpoint:
 
 
 def _authorization(request: Request) -> str | None:
-    return request.headers.get("authorization")
+    # The first Authorization header, as request.headers.get would find it (the server sends
+    # lower-case names), without building a Headers object on every JSON request.
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            found: str = value.decode("latin-1")
+            return found
+    return None
 
 
 class _MetadataBody:

@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from stepup.audit import correlation_id
+from stepup.logs import correlation_id
 from stepup.web.api import Endpoint
 from stepup.web.middleware import Headers
 from stepup.web.observability import RequestMetrics, request_id

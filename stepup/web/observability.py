@@ -5,8 +5,9 @@ or unusable) for the audit trail and logs, and request counts and latency by rou
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import re
-import secrets
 import time
 from typing import Any
 
@@ -15,8 +16,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepup.audit import correlation_id
 from stepup.config import secret_matches
+from stepup.logs import correlation_id
 from stepup.metrics import CONTENT_TYPE, Metrics
 from stepup.protocol.admin import bearer
 from stepup.services import Services
@@ -26,10 +27,40 @@ from stepup.storage.redis import STORAGE_ERRORS
 _USABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+class _RequestIds:
+    """Fresh request ids: 32 hex digits, a random prefix of this process and a counter.
+
+    A request id must be unique, not secret: any caller may choose its own (X-Request-ID), so
+    a guessable one gives nothing away, and nothing keys a decision on it. The prefix (64
+    random bits) tells processes and restarts apart; a forked child draws its own, or it would
+    repeat its parent's ids. One os.urandom per request was the largest part of this function.
+    """
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+# One per process, as the uniqueness it gives is per process.
+fresh_request_id = _RequestIds()
+os.register_at_fork(after_in_child=fresh_request_id.renew)
+
+
 def request_id(scope: Scope) -> str:
-    """The caller's X-Request-ID when usable, else a fresh one."""
-    given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-    return given if _USABLE_ID.fullmatch(given) else secrets.token_hex(16)
+    """The caller's (first) X-Request-ID when usable, else a fresh one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")
+            if _USABLE_ID.fullmatch(given):
+                return given
+            break
+    return fresh_request_id()
 
 
 class RequestMetrics:
