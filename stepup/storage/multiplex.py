@@ -9,8 +9,8 @@ per command. Here a command is a future in a queue. Everything else (pipelines,
 transactions, blocking reads, Cluster, TLS) stays on redis-py.
 
 What is kept from redis-py's behaviour, so storage errors still fail closed (a 503):
-- errors are redis-py's own exception classes (ConnectionError, TimeoutError, ResponseError,
-  NoScriptError), so the web layer's STORAGE_ERRORS catch them;
+- errors are redis-py's own exception classes (ConnectionError, TimeoutError, and a reply's
+  error mapped by redis-py's parser: ResponseError, NoScriptError, ReadOnlyError, …), so the web layer's STORAGE_ERRORS catch them;
 - a command unanswered after `timeout` seconds ends the connection: it and every command
   behind it fail with TimeoutError (one watchdog per connection, not a timer per command);
 - a lost connection fails the commands in flight; the next command connects again. A
@@ -27,17 +27,15 @@ from typing import Any, cast
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.typing import EncodableT
 
+# redis-py's own mapping of an error reply's first word (NOSCRIPT, READONLY, LOADING, …) to its
+# exception class, so both command paths raise alike; it carries no type annotations.
+_parse_error = cast(Callable[[str], redis.exceptions.RedisError], BaseParser.parse_error)
 # hiredis's stub types its argument as a one-element tuple; it takes any number of parts.
 _pack = cast(Callable[[tuple[EncodableT, ...]], bytes], hiredis.pack_command)
-
-
-def _reply_error(message: str) -> redis.exceptions.ResponseError:
-    if message.startswith("NOSCRIPT"):
-        return redis.exceptions.NoScriptError(message)
-    return redis.exceptions.ResponseError(message)
 
 
 class _Pipe(asyncio.Protocol):
@@ -108,7 +106,7 @@ class _Pipe(asyncio.Protocol):
         if future.done():  # its caller went away (cancelled); the reply is dropped
             return
         if isinstance(reply, hiredis.ReplyError):
-            future.set_exception(_reply_error(str(reply)))
+            future.set_exception(_parse_error(str(reply)))
         else:
             future.set_result(reply)
 
