@@ -88,8 +88,8 @@ class RedisAuditLog:
     async def trim(self, before_ms: int) -> int:
         if before_ms <= 0:
             return 0
-        removed = await self._trim(
-            keys=[keys.audit_stream(), keys.audit_anchor()], args=[before_ms]
+        removed = await run_script(
+            self.execute, self._trim, [keys.audit_stream(), keys.audit_anchor()], [before_ms]
         )
         return int(removed)
 

@@ -328,8 +328,8 @@ class RedisStore:
         """Ends a token; with `remember`, also refuses to record that jti for that long."""
         if not remember:
             return await self.delete(keys.elevation(jti))
-        deleted = await self._revoke_forever(
-            keys=[keys.elevation(jti), keys.elevation_revoked(jti)], args=[remember]
+        deleted = await self.run_script(
+            self._revoke_forever, [keys.elevation(jti), keys.elevation_revoked(jti)], [remember]
         )
         return bool(deleted)
 
@@ -354,19 +354,22 @@ class RedisStore:
             "totp": [keys.totp_last_step(subject, factor.id)],
             "recovery": [keys.recovery_codes(subject)],
         }.get(factor.kind, [])
-        removed = await self._remove_factor(keys=[keys.factors(subject), *owned], args=[factor.id])
+        removed = await self.run_script(
+            self._remove_factor, [keys.factors(subject), *owned], [factor.id]
+        )
         return bool(removed)
 
     async def advance_sign_count(self, subject: str, factor_id: str, seen: int) -> bool:
         key = keys.sign_count(subject, factor_id)
-        return bool(await self._advance_sign_count(keys=[key], args=[seen]))
+        return bool(await self.run_script(self._advance_sign_count, [key], [seen]))
 
     async def replace_recovery_codes(
         self, subject: str, factor: Factor, digests: list[str]
     ) -> None:
-        await self._replace_recovery(
-            keys=[keys.factors(subject), keys.recovery_codes(subject)],
-            args=[factor.id, models.dump(factor), *digests],
+        await self.run_script(
+            self._replace_recovery,
+            [keys.factors(subject), keys.recovery_codes(subject)],
+            [factor.id, models.dump(factor), *digests],
         )
 
     async def use_recovery_code(self, subject: str, digest: str) -> bool:
@@ -378,14 +381,14 @@ class RedisStore:
 
     async def add_first_factor(self, subject: str, factor: Factor) -> bool:
         """Adds a factor only while the subject has none (two racing enrolments: one wins)."""
-        added = await self._add_first_factor(
-            keys=[keys.factors(subject)], args=[factor.id, models.dump(factor)]
+        added = await self.run_script(
+            self._add_first_factor, [keys.factors(subject)], [factor.id, models.dump(factor)]
         )
         return bool(added)
 
     async def update_factor(self, subject: str, factor: Factor) -> bool:
-        updated = await self._update_factor(
-            keys=[keys.factors(subject)], args=[factor.id, models.dump(factor)]
+        updated = await self.run_script(
+            self._update_factor, [keys.factors(subject)], [factor.id, models.dump(factor)]
         )
         return bool(updated)
 
@@ -400,7 +403,7 @@ class RedisStore:
 
     async def claim_totp_step(self, subject: str, factor_id: str, step: int, ttl: int) -> bool:
         key = keys.totp_last_step(subject, factor_id)
-        return bool(await self._claim_step(keys=[key], args=[step, ttl]))
+        return bool(await self.run_script(self._claim_step, [key], [step, ttl]))
 
     # -- throttling -----------------------------------------------------------------------
 
@@ -411,8 +414,8 @@ class RedisStore:
     async def record_failure(
         self, subject: str, now: int, free: int, base: int, cap: int, limit: int, lockout: int
     ) -> tuple[int, float]:
-        failures, until = await self._record_failure(
-            keys=[keys.throttle(subject)], args=[now, free, base, cap, limit, lockout]
+        failures, until = await self.run_script(
+            self._record_failure, [keys.throttle(subject)], [now, free, base, cap, limit, lockout]
         )
         return int(failures), float(until)
 
