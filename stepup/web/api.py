@@ -26,7 +26,7 @@ from stepup.protocol import (
 from stepup.protocol.client_auth import authenticate, authenticate_client
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
-from stepup.web.forms import read_form
+from stepup.web.forms import first_header, read_form
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _log_detail = logging.getLogger("stepup.errors")
@@ -94,13 +94,7 @@ def endpoint(handler: Handler) -> Endpoint:
 
 
 def _authorization(request: Request) -> str | None:
-    # The first Authorization header, as request.headers.get would find it (the server sends
-    # lower-case names), without building a Headers object on every JSON request.
-    for name, value in request.scope["headers"]:
-        if name == b"authorization":
-            found: str = value.decode("latin-1")
-            return found
-    return None
+    return first_header(request.scope, b"authorization")
 
 
 class _MetadataBody:

@@ -40,6 +40,16 @@ REMEMBERED_VALUES = 256
 REMEMBERED_LENGTH = 4096  # at most about 2 MiB held
 
 
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The first header called `name` (lower case: the server sends lower-case names), as
+    `request.headers.get` would find it, without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            found: str = value.decode("latin-1")
+            return found
+    return None
+
+
 def _headers(scope: Scope) -> tuple[bytes, bytes | None]:
     """The first Content-Type and Content-Length, in one pass over the raw headers (the
     server sends lower-case names); no Headers object on the hot endpoints."""

@@ -22,6 +22,7 @@ from stepup.metrics import CONTENT_TYPE, Metrics
 from stepup.protocol.admin import bearer
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
+from stepup.web.forms import first_header
 
 # What a request id from outside may look like: it lands in logs, so nothing to inject.
 _USABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -54,12 +55,9 @@ os.register_at_fork(after_in_child=fresh_request_id.renew)
 
 def request_id(scope: Scope) -> str:
     """The caller's (first) X-Request-ID when usable, else a fresh one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            given: str = value.decode("latin-1")
-            if _USABLE_ID.fullmatch(given):
-                return given
-            break
+    given = first_header(scope, b"x-request-id")
+    if given is not None and _USABLE_ID.fullmatch(given):
+        return given
     return fresh_request_id()
 
 
