@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import uvicorn
 
+from stepup.serving import HttpProtocol
+
 
 def bound_socket() -> socket.socket:
     """A listening-ready socket on a free loopback port (its port can be known in advance)."""
@@ -25,7 +27,8 @@ class LiveServer:
 
     Binds 127.0.0.1 but names itself ``http://localhost:PORT``: browsers treat both as
     secure contexts, and WebAuthn wants a domain (rp_id ``localhost``), not an IP.
-    Several can run at once; each has its own thread and event loop.
+    Several can run at once; each has its own thread and event loop. The HTTP protocol is
+    the one `stepup serve` runs (`stepup.serving.HttpProtocol`), unless `http` names another.
     """
 
     def __init__(
@@ -35,8 +38,10 @@ class LiveServer:
         lifespan: Literal["auto", "on", "off"] = "on",
         startup_timeout: float = 10.0,
         sock: socket.socket | None = None,
+        http: type[HttpProtocol] = HttpProtocol,
     ) -> None:
         self.app = app
+        self.http = http
         self._given_socket = sock
         self.lifespan = lifespan
         self.startup_timeout = startup_timeout
@@ -62,6 +67,7 @@ class LiveServer:
             log_level="warning",
             lifespan=self.lifespan,
             access_log=False,
+            http=self.http,  # stepup's own HTTP protocol, as served
         )
         server = self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
