@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from starlette.applications import Starlette
@@ -11,14 +13,20 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from stepup.serving import UVICORN_OPTIONS
+from stepup.serving import UVICORN_OPTIONS, settle_heap
 
 
 async def hello(request: Request) -> Response:
     return PlainTextResponse("Hello, world!")
 
 
-app = Starlette(routes=[Route("/", hello)])
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settle_heap()  # as `stepup serve` does once started
+    yield
+
+
+app = Starlette(routes=[Route("/", hello)], lifespan=lifespan)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepup import serving
 from stepup.audit import Audit, AuditKeyError, AuditKeys
 from stepup.clock import Clock, SystemClock
 from stepup.config import Config, Deployment
@@ -115,7 +116,10 @@ def create_app(
     redis_url: str | None = None,
     clock: Clock | None = None,
     templates: Path | None = None,
+    settle_heap: bool = False,
 ) -> Starlette:
+    """The stepup ASGI app. `settle_heap` (for a server process, not for tests that build
+    many apps in one process): once started, `serving.settle_heap`."""
     url = redis_url or config.deployment.redis_url
     if not url:
         raise StartupError("no Redis URL: start the embedded Redis or set STEPUP_REDIS_URL")
@@ -148,6 +152,8 @@ def create_app(
                     retention_days=config.audit.retention_days,
                     errors=STORAGE_ERRORS,
                 ):
+                    if settle_heap:
+                        serving.settle_heap()
                     yield
             finally:
                 keys_task.cancel()

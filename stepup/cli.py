@@ -180,7 +180,7 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int, access_
                 **options,
             )
         else:
-            app = create_app(loaded, redis_url=redis_url)
+            app = create_app(loaded, redis_url=redis_url, settle_heap=True)
             serving.run([(app, bind_port)], bind_host, **options)
     except (StartupError, EmbeddedRedisError, SigningKeyError, SealingError, OSError) as exc:
         print(f"stepup: cannot start: {exc}", file=sys.stderr)
@@ -359,7 +359,9 @@ def app_factory() -> object:
     # nowhere, since only the parent had configured logging.
     logs.configure()
     loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
-    return create_app(loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"])
+    return create_app(
+        loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"], settle_heap=True
+    )
 
 
 if __name__ == "__main__":
