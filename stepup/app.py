@@ -24,6 +24,7 @@ from stepup.factors.verify import Verifier
 from stepup.keys import KeyWatch
 from stepup.metrics import Metrics
 from stepup.policy import Policy
+from stepup.protocol.client_auth import RememberedHeaders
 from stepup.protocol.subject import SubjectValidator, UpstreamKeys
 from stepup.sealing import Sealer
 from stepup.services import Services
@@ -106,6 +107,7 @@ def build_services(
             config.dpop.nonce_lifetime,
             older=sealer.derive_older_keys("dpop-nonce"),
         ),
+        remembered_headers=RememberedHeaders(),
     )
 
 
