@@ -88,7 +88,7 @@ def build_services(
     sealer: Sealer,
     elevations: ElevationIndex,
 ) -> Services:
-    audit = Audit(clock, buffer=config.audit.buffer)
+    audit = Audit(clock, buffer=config.audit.buffer, hold_lines=config.audit.log_lines == "batched")
     throttle = Throttle(store, config.throttle, clock)
     return Services(
         config=config,
