@@ -25,6 +25,7 @@ from stepup.factors.verify import Verifier
 from stepup.keys import KeyWatch
 from stepup.metrics import Metrics
 from stepup.policy import Policy
+from stepup.protocol.client_auth import RememberedHeaders
 from stepup.protocol.subject import SubjectValidator, UpstreamKeys
 from stepup.sealing import Sealer
 from stepup.services import Services
@@ -88,7 +89,7 @@ def build_services(
     sealer: Sealer,
     elevations: ElevationIndex,
 ) -> Services:
-    audit = Audit(clock, buffer=config.audit.buffer)
+    audit = Audit(clock, buffer=config.audit.buffer, hold_lines=config.audit.log_lines == "batched")
     throttle = Throttle(store, config.throttle, clock)
     return Services(
         config=config,
@@ -107,6 +108,7 @@ def build_services(
             config.dpop.nonce_lifetime,
             older=sealer.derive_older_keys("dpop-nonce"),
         ),
+        remembered_headers=RememberedHeaders(),
     )
 
 

@@ -1,10 +1,11 @@
 """The audit trail: one typed event per decision, with the request's correlation id.
 
 Each event is written twice: as a JSON line on the `stepup.audit` logger (under `stepup serve`,
-with the other lines of the same event-loop iteration at its end: logs.JsonLinesHandler), and,
-by a background writer, into a Redis Stream where every entry carries the HMAC-SHA256 of the one
-before it (a keyed hash chain), so a deleted or edited entry is detected by `stepup audit
-verify`. Never a secret, code or token: a jti or a digest at most.
+with the other lines of the same event-loop iteration at its end: logs.JsonLinesHandler; with
+`[audit] log_lines = "immediate"`, at once), and, by a background writer, into a Redis Stream
+where every entry carries the HMAC-SHA256 of the one before it (a keyed hash chain), so a
+deleted or edited entry is detected by `stepup audit verify`. Never a secret, code or token: a
+jti or a digest at most.
 
 The request never waits for Redis: `record` only queues. While Redis is unreachable the queue
 holds up to `buffer` events (the oldest are dropped beyond that, counted and logged); the JSON
@@ -219,10 +220,17 @@ def refusal_event(path: str) -> str:
 
 class Audit:
     def __init__(
-        self, clock: Clock, *, buffer: int = 10_000, observers: Iterable[Observer] = ()
+        self,
+        clock: Clock,
+        *,
+        buffer: int = 10_000,
+        observers: Iterable[Observer] = (),
+        hold_lines: bool = True,
     ) -> None:
         self._clock = clock
         self._buffer = buffer
+        # False ([audit] log_lines = "immediate"): each JSON line is written as it is recorded.
+        self._hold_lines = hold_lines
         self._observers = list(observers)
         self._pending: deque[bytes] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -249,7 +257,7 @@ class Audit:
             entry["request_id"] = request_id
         entry.update(cast(AuditEvent, {k: v for k, v in fields.items() if v is not None}))
         line = orjson.dumps(entry)
-        logs.write(_log, line.decode())
+        logs.write(_log, line.decode(), hold=self._hold_lines)
         for observer in self._observers:
             observer(entry)
         if self._streaming:

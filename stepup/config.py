@@ -158,12 +158,19 @@ class DPoP:
     nonce_lifetime: int = 300
 
 
+AUDIT_LOG_LINES = ("batched", "immediate")
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     # How long audit entries stay in the Redis Stream (trimmed by XTRIM MINID).
     retention_days: int = 90
     key_file: Path | None = None  # STEPUP_AUDIT_KEY_FILE; embedded default: data_dir
     buffer: int = 10_000  # events held in memory while Redis is unreachable
+    # When an event's JSON line is written (logs.JsonLinesHandler): "batched", with the other
+    # lines of its event-loop iteration at the iteration's end (one write for all); or
+    # "immediate", as it is recorded, so it is out of the process before its answer leaves.
+    log_lines: str = "batched"
 
 
 @dataclass(frozen=True)
@@ -806,18 +813,22 @@ class _Reader:
     def audit(self, t: Mapping[str, Any], environ: Mapping[str, str]) -> AuditSettings:
         where = "audit"
         defaults = AuditSettings()
-        self.no_unknown(t, {"retention_days", "key_file", "buffer"}, where)
+        self.no_unknown(t, {"retention_days", "key_file", "buffer", "log_lines"}, where)
         days = self.integer(t, "retention_days", where, defaults.retention_days)
         if not 1 <= days <= 3650:
             self.problem(f"{where}.retention_days", "must be between 1 and 3650")
         buffer = self.integer(t, "buffer", where, defaults.buffer)
         if not 100 <= buffer <= 1_000_000:
             self.problem(f"{where}.buffer", "must be between 100 and 1000000")
+        log_lines = self.string(t, "log_lines", where, defaults.log_lines)
+        if log_lines not in AUDIT_LOG_LINES:
+            self.problem(f"{where}.log_lines", "must be 'batched' or 'immediate'")
         key_file = environ.get("STEPUP_AUDIT_KEY_FILE") or self.string(t, "key_file", where, "")
         return AuditSettings(
             retention_days=days,
             key_file=self.path(key_file) if key_file else None,
             buffer=buffer,
+            log_lines=log_lines,
         )
 
     def operator(self, raw: Mapping[str, Any]) -> Operator:

@@ -4,7 +4,8 @@ correlation id, so logs and the audit trail can be joined on `request_id`.
 The audit trail writes a line per decision, the one log line on every hot request. When the
 JSON handler is the only place such a line would go, `write` hands it over directly instead
 of through a LogRecord (caller lookup, record, filters, handler walk: about 8 µs a line), and
-the handler writes the lines of one event-loop iteration with one system call.
+the handler writes the lines of one event-loop iteration with one system call, or, when the
+deployment asks for it (`[audit] log_lines = "immediate"`), each line before `write` returns.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
     code) loses the lines held in the iteration it dies in, at most MAX_HELD_LINES; their
     answers may already have been sent, since a response goes out in the same iteration. A
     normal exit writes them: `flush` (run by logging's shutdown at exit and by a stream
-    change) writes what is held first."""
+    change) writes what is held first. A deployment that cannot accept the loss gives its
+    lines to `write_now` instead (`[audit] log_lines = "immediate"`): one write each."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
@@ -80,6 +82,13 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
                 return
             self._due_on = loop
         loop.call_soon(self._write_due, loop)
+
+    def write_now(self, line: str) -> None:
+        """`line` written, after any held before it, and flushed before this returns: out of
+        the process (not on disk: no fsync) even if it is killed next."""
+        with self._lock:
+            self._held.append(line)
+            self._write_now()
 
     def _write_due(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -119,16 +128,20 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
-def write(logger: logging.Logger, line: str) -> None:
+def write(logger: logging.Logger, line: str, *, hold: bool = True) -> None:
     """Logs `line` (one JSON object) at INFO on `logger`. When the one handler the record would
     reach is a JsonLinesHandler that writes it as it is (no filter anywhere, JsonLines format),
-    the line goes to that handler directly; otherwise through logging as any record, so
-    handlers of other setups (pytest's capture, a library user's own) see the same record."""
+    the line goes to that handler directly: held for the end of the iteration, or with
+    `hold=False` written before this returns. Otherwise it goes through logging as any record
+    (emitted at once), so handlers of other setups (pytest's capture, a library user's own)
+    see the same record."""
     handler = _sole_json_handler(logger)
     if handler is None:
         logger.info(line)
-    else:
+    elif hold:
         handler.hold(line)
+    else:
+        handler.write_now(line)
 
 
 def _sole_json_handler(logger: logging.Logger) -> JsonLinesHandler | None:

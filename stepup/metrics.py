@@ -8,6 +8,7 @@ and the audit log cannot disagree about what happened.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,20 +19,6 @@ from stepup.audit import AuditEvent
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Milliseconds to seconds: the JSON endpoints answer in a few ms; pages and scrypt take longer.
 _BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-# Events whose counts read more than their name and outcome: the factor's kind, the step-up's
-# level, or the factor an earlier event of the same request proved.
-_READ_FURTHER = frozenset(
-    {
-        "factor.verify",
-        "enrolment.added",
-        "stepup.approved",
-        "stepup.reused",
-        "stepup.cancelled",
-        "authorize.start",
-    }
-)
 
 
 class Metrics:
@@ -98,7 +85,8 @@ class Metrics:
         # label set instead. The children are the registry's own (no new label sets).
         self._children: dict[tuple[object, ...], Any] = {}
         # (event, outcome) -> the children it increments, for every event whose counts need
-        # nothing but those two (all but _READ_FURTHER): one lookup per audit event.
+        # nothing but those two (every event _READ_FURTHER has no method for): one lookup
+        # per audit event.
         self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def child(self, metric: Counter | Histogram, *values: str) -> Any:
@@ -113,8 +101,10 @@ class Metrics:
         event, outcome = str(entry["event"]), str(entry["outcome"])
         counters = self._counters.get((event, outcome))
         if counters is None:
-            if event in _READ_FURTHER:
-                self._observe_fields(entry, event, outcome)
+            read_further = _READ_FURTHER.get(event)
+            if read_further is not None:
+                self.child(self.events, event, outcome).inc()
+                read_further(self, entry, outcome)
                 return
             counters = self._counters[(event, outcome)] = self._plain(event, outcome)
         for counter in counters:
@@ -127,32 +117,57 @@ class Metrics:
             return counted, self.child(self.tokens, event.removeprefix("token."), outcome)
         return (counted,)
 
-    def _observe_fields(self, entry: AuditEvent, event: str, outcome: str) -> None:
-        self.child(self.events, event, outcome).inc()
+    # What the events of _READ_FURTHER count besides the events series, one method each.
+
+    def _factor_verified(self, entry: AuditEvent, outcome: str) -> None:
+        kind = str(entry.get("kind", "unknown"))
+        self.child(self.factor_checks, outcome, kind).inc()
+        if outcome == "throttled":
+            self.throttled.inc()
+        elif outcome == "success":
+            self._remember(entry, kind)
+
+    def _factor_enrolled(self, entry: AuditEvent, outcome: str) -> None:
+        if outcome == "success":
+            self._remember(entry, str(entry.get("kind", "unknown")))
+
+    def _stepup_approved(self, entry: AuditEvent, outcome: str) -> None:
         request = str(entry.get("request_id", ""))
-        if event == "factor.verify":
-            kind = str(entry.get("kind", "unknown"))
-            self.child(self.factor_checks, outcome, kind).inc()
-            if outcome == "throttled":
-                self.throttled.inc()
-            elif outcome == "success" and request:
-                self._remember(request, kind)
-        elif event == "enrolment.added" and outcome == "success" and request:
-            self._remember(request, str(entry.get("kind", "unknown")))
-        elif event == "stepup.approved":
-            factor = self._proved.pop(request, "unknown") if request else "unknown"
-            self.stepups.labels("success", factor, str(entry.get("acr", ""))).inc()
-        elif event == "stepup.reused":
-            self.stepups.labels("reused", "none", str(entry.get("acr", ""))).inc()
-        elif event == "stepup.cancelled":
-            self.stepups.labels("denied", "none", str(entry.get("acr", ""))).inc()
-        elif event == "authorize.start" and outcome == "unmet":
+        factor = self._proved.pop(request, "unknown") if request else "unknown"
+        self.stepups.labels("success", factor, str(entry.get("acr", ""))).inc()
+
+    def _stepup_reused(self, entry: AuditEvent, outcome: str) -> None:
+        self.stepups.labels("reused", "none", str(entry.get("acr", ""))).inc()
+
+    def _stepup_cancelled(self, entry: AuditEvent, outcome: str) -> None:
+        self.stepups.labels("denied", "none", str(entry.get("acr", ""))).inc()
+
+    def _authorize_started(self, entry: AuditEvent, outcome: str) -> None:
+        if outcome == "unmet":
             self.stepups.labels("unmet", "none", str(entry.get("acr", ""))).inc()
 
-    def _remember(self, request: str, kind: str) -> None:
+    def _remember(self, entry: AuditEvent, kind: str) -> None:
+        """The factor `entry`'s request proved, for that request's approval."""
+        request = str(entry.get("request_id", ""))
+        if not request:
+            return
         self._proved[request] = kind
         while len(self._proved) > 1000:
             self._proved.popitem(last=False)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Events whose counts read more than their name and outcome (the factor's kind, the step-up's
+# level, the factor an earlier event of the same request proved), each with the one method
+# that reads them. The only way to an entry's fields: an event not named here is counted by
+# its name and outcome, with children looked up once (Metrics._counters).
+_READ_FURTHER: dict[str, Callable[[Metrics, AuditEvent, str], None]] = {
+    "factor.verify": Metrics._factor_verified,
+    "enrolment.added": Metrics._factor_enrolled,
+    "stepup.approved": Metrics._stepup_approved,
+    "stepup.reused": Metrics._stepup_reused,
+    "stepup.cancelled": Metrics._stepup_cancelled,
+    "authorize.start": Metrics._authorize_started,
+}

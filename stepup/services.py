@@ -10,6 +10,7 @@ from stepup.config import Config
 from stepup.dpop import Nonces
 from stepup.factors.verify import Verifier
 from stepup.policy import Policy
+from stepup.protocol.client_auth import RememberedHeaders
 from stepup.protocol.subject import SubjectValidator
 from stepup.sealing import Sealer
 from stepup.signing import SigningKeys
@@ -31,6 +32,9 @@ class Services:
     verifier: Verifier
     elevations: ElevationIndex
     nonces: Nonces  # DPoP server nonces (RFC 9449 §8), the same at every instance
+    # Basic headers that authenticated under `config`: this app's, checked in full again
+    # when `config` is replaced.
+    remembered_headers: RememberedHeaders
 
     def now(self) -> int:
         return int(self.clock.now())

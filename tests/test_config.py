@@ -386,3 +386,29 @@ def test_factor_rules_are_read(document: dict[str, Any], tmp_path: Path) -> None
     document["factors"] = {"recovery_codes": 12, "last_factor": "warn"}
     factors = parse(document, base_dir=tmp_path).factors
     assert (factors.recovery_codes, factors.last_factor) == (12, "warn")
+
+
+def test_audit_log_lines_are_batched_unless_the_policy_says_immediate(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    assert parse(document, base_dir=tmp_path).audit.log_lines == "batched"
+    document["audit"] = {"log_lines": "immediate"}
+    assert parse(document, base_dir=tmp_path).audit.log_lines == "immediate"
+
+
+@pytest.mark.parametrize(
+    ("log_lines", "fragment"),
+    [
+        ("sync", "must be 'batched' or 'immediate'"),
+        ("Immediate", "must be 'batched' or 'immediate'"),
+        ("", "must be 'batched' or 'immediate'"),
+        (True, "expected str, got bool"),
+    ],
+)
+def test_bad_audit_log_lines_are_refused(
+    document: dict[str, Any], tmp_path: Path, log_lines: object, fragment: str
+) -> None:
+    document["audit"] = {"log_lines": log_lines}
+    problems = problems_of(document, tmp_path)
+    assert_problem(problems, "audit.log_lines", fragment)
+    assert len(problems) == 1

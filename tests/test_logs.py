@@ -228,3 +228,33 @@ def test_audit_record_writes_its_event_as_one_json_line() -> None:
             "client": "rs",
         }
     ]
+
+
+def test_a_line_not_held_is_written_before_write_returns() -> None:
+    async def run(stream: Stream) -> tuple[list[str], int]:
+        logs.write(AUDIT, line(1))
+        logs.write(AUDIT, line(2), hold=False)
+        written = stream.lines()
+        logs.write(AUDIT, line(3), hold=False)
+        return written, stream.writes
+
+    with json_logging() as (_, stream):
+        written, writes = asyncio.run(run(stream))
+    # The line held before it goes first, in the same write: the order is kept.
+    assert written == [line(1), line(2)]
+    assert writes == 2
+    assert stream.lines() == [line(1), line(2), line(3)]
+
+
+def test_an_audit_that_does_not_hold_lines_writes_each_as_it_is_recorded() -> None:
+    audit = Audit(FrozenClock(1_900_000_000.25), hold_lines=False)
+
+    async def run(stream: Stream) -> list[int]:
+        seen: list[int] = []
+        for _ in range(3):
+            audit.record("token.introspected", "inactive", client="rs")
+            seen.append(len(stream.lines()))
+        return seen
+
+    with json_logging() as (_, stream):
+        assert asyncio.run(run(stream)) == [1, 2, 3]

@@ -1,8 +1,12 @@
 """Metrics follow the audit events (stepup/metrics.py): every event counts once, the first of
-its kind and every later one alike."""
+its kind and every later one alike, and an event whose counts read its fields reads them every
+time."""
 
 from __future__ import annotations
 
+import pytest
+
+from stepup import metrics as metrics_module
 from stepup.audit import AuditEvent
 from stepup.metrics import Metrics
 
@@ -61,3 +65,100 @@ def test_other_events_count_in_the_events_series_only() -> None:
         if family.name in ("stepup_tokens", "stepup_stepups")
         for sample in family.samples
     ]
+
+
+# Every event whose counts read more than its name and outcome, observed twice with different
+# fields, and the series those fields choose: each must count once, so neither observation was
+# counted the plain, cached way. One case per event of metrics._READ_FURTHER, no more, no less.
+Sample = tuple[str, dict[str, str]]
+READ_FURTHER_CASES: dict[str, tuple[list[AuditEvent], list[Sample]]] = {
+    "factor.verify": (
+        [
+            event("factor.verify", "failure", kind="totp"),
+            event("factor.verify", "failure", kind="webauthn"),
+        ],
+        [
+            ("stepup_factor_verifications_total", {"outcome": "failure", "factor": "totp"}),
+            ("stepup_factor_verifications_total", {"outcome": "failure", "factor": "webauthn"}),
+        ],
+    ),
+    "enrolment.added": (
+        [
+            event("enrolment.added", "success", kind="totp", request_id="e1"),
+            event("stepup.approved", "success", acr="mfa", request_id="e1"),
+            event("enrolment.added", "success", kind="webauthn", request_id="e2"),
+            event("stepup.approved", "success", acr="mfa", request_id="e2"),
+        ],
+        [
+            ("stepup_stepups_total", {"outcome": "success", "factor": "totp", "acr": "mfa"}),
+            ("stepup_stepups_total", {"outcome": "success", "factor": "webauthn", "acr": "mfa"}),
+        ],
+    ),
+    "stepup.approved": (
+        [
+            event("stepup.approved", "success", acr="mfa"),
+            event("stepup.approved", "success", acr="phr"),
+        ],
+        [
+            ("stepup_stepups_total", {"outcome": "success", "factor": "unknown", "acr": "mfa"}),
+            ("stepup_stepups_total", {"outcome": "success", "factor": "unknown", "acr": "phr"}),
+        ],
+    ),
+    "stepup.reused": (
+        [
+            event("stepup.reused", "success", acr="mfa"),
+            event("stepup.reused", "success", acr="phr"),
+        ],
+        [
+            ("stepup_stepups_total", {"outcome": "reused", "factor": "none", "acr": "mfa"}),
+            ("stepup_stepups_total", {"outcome": "reused", "factor": "none", "acr": "phr"}),
+        ],
+    ),
+    "stepup.cancelled": (
+        [
+            event("stepup.cancelled", "denied", acr="mfa"),
+            event("stepup.cancelled", "denied", acr="phr"),
+        ],
+        [
+            ("stepup_stepups_total", {"outcome": "denied", "factor": "none", "acr": "mfa"}),
+            ("stepup_stepups_total", {"outcome": "denied", "factor": "none", "acr": "phr"}),
+        ],
+    ),
+    "authorize.start": (
+        [
+            event("authorize.start", "unmet", acr="mfa"),
+            event("authorize.start", "unmet", acr="phr"),
+        ],
+        [
+            ("stepup_stepups_total", {"outcome": "unmet", "factor": "none", "acr": "mfa"}),
+            ("stepup_stepups_total", {"outcome": "unmet", "factor": "none", "acr": "phr"}),
+        ],
+    ),
+}
+
+
+def test_every_event_that_reads_its_fields_has_a_case_here() -> None:
+    assert set(READ_FURTHER_CASES) == set(metrics_module._READ_FURTHER)
+
+
+@pytest.mark.parametrize("name", sorted(READ_FURTHER_CASES))
+def test_an_event_that_reads_its_fields_reads_them_every_time(name: str) -> None:
+    observed, samples = READ_FURTHER_CASES[name]
+    metrics = Metrics()
+    for entry in observed:
+        metrics.observe(entry)
+    assert [count(metrics, series, **labels) for series, labels in samples] == [1.0] * len(samples)
+    outcome = observed[0]["outcome"]
+    assert count(metrics, "stepup_audit_events_total", event=name, outcome=outcome) == 2
+
+
+def test_the_fields_of_an_event_counted_the_plain_way_are_read_by_no_one() -> None:
+    metrics = Metrics()
+    for kind in ("totp", "webauthn"):
+        metrics.observe(event("token.issued", "success", kind=kind, acr="mfa", request_id="p1"))
+    metrics.observe(event("stepup.approved", "success", acr="mfa", request_id="p1"))
+    assert count(metrics, "stepup_tokens_total", event="issued", outcome="success") == 2
+    # No factor was remembered for p1: the kind on a token event is nobody's to read.
+    assert (
+        count(metrics, "stepup_stepups_total", outcome="success", factor="unknown", acr="mfa") == 1
+    )

@@ -22,11 +22,12 @@ REMEMBERED_HEADERS = 1024
 _Identity = tuple[str, Client | ResourceServer]
 
 
-class _Remembered:
+class RememberedHeaders:
     """Authorization headers that authenticated, by the SHA-256 of the whole header, for one
-    config object (a new object, or another app's, starts afresh): the same header under the
+    config object (a new object, as a reload makes, starts afresh): the same header under the
     same config always finds the same identity, so a resource server that sends its Basic
-    header on every introspection pays the decoding and the secret's hash once.
+    header on every introspection pays the decoding and the secret's hash once. Each app owns
+    one (Services.remembered_headers), so apps in one process never see each other's.
 
     Only successes are added, so a guess is checked in full every time, and an unknown id
     still costs what a known one does. A digest, not the header, is kept: no usable secret
@@ -49,9 +50,6 @@ class _Remembered:
         elif len(self._found) >= REMEMBERED_HEADERS:
             del self._found[next(iter(self._found))]  # the oldest
         self._found[(admit, digest)] = found
-
-
-_remembered = _Remembered()
 
 
 def credentials(authorization: str | None, form: Mapping[str, str]) -> tuple[str, str]:
@@ -78,14 +76,19 @@ def credentials(authorization: str | None, form: Mapping[str, str]) -> tuple[str
 
 
 def authenticate(
-    config: Config, authorization: str | None, form: Mapping[str, str], *, admit: str
+    config: Config,
+    authorization: str | None,
+    form: Mapping[str, str],
+    *,
+    admit: str,
+    remembered: RememberedHeaders,
 ) -> Client | ResourceServer:
-    """`admit` is "client", "resource_server" or "any"."""
+    """`admit` is "client", "resource_server" or "any"; `remembered` is the app's own."""
     digest = None
     known: _Identity | None = None
     if authorization and "client_secret" not in form:
         digest = hashlib.sha256(authorization.encode()).digest()
-        known = _remembered.get(config, admit, digest)
+        known = remembered.get(config, admit, digest)
     checked = known is None
     if known is None:
         known = _check(config, authorization, form, admit)
@@ -94,7 +97,7 @@ def authenticate(
     if body_id is not None and body_id != identity:
         raise InvalidClient("client authentication failed", detail="client_id does not match")
     if checked and digest is not None:
-        _remembered.add(config, admit, digest, known)  # only once every check has passed
+        remembered.add(config, admit, digest, known)  # only once every check has passed
     return found
 
 
@@ -116,8 +119,12 @@ def _check(
 
 
 def authenticate_client(
-    config: Config, authorization: str | None, form: Mapping[str, str]
+    config: Config,
+    authorization: str | None,
+    form: Mapping[str, str],
+    *,
+    remembered: RememberedHeaders,
 ) -> Client:
-    client = authenticate(config, authorization, form, admit="client")
+    client = authenticate(config, authorization, form, admit="client", remembered=remembered)
     assert isinstance(client, Client)
     return client

@@ -93,8 +93,19 @@ def endpoint(handler: Handler) -> Endpoint:
     return Endpoint(handler)
 
 
-def _authorization(request: Request) -> str | None:
-    return first_header(request.scope, b"authorization")
+def _caller(
+    request: Request, services: Services, form: dict[str, str], admit: str
+) -> Client | ResourceServer:
+    """Who authenticated, as `admit` names (client_auth.authenticate), with this app's memo."""
+    authorization = first_header(request.scope, b"authorization")
+    remembered = services.remembered_headers
+    return authenticate(services.config, authorization, form, admit=admit, remembered=remembered)
+
+
+def _client(request: Request, services: Services, form: dict[str, str]) -> Client:
+    authorization = first_header(request.scope, b"authorization")
+    remembered = services.remembered_headers
+    return authenticate_client(services.config, authorization, form, remembered=remembered)
 
 
 class _MetadataBody:
@@ -136,7 +147,7 @@ async def jwks(request: Request, services: Services) -> Response:
 @endpoint
 async def pushed_authorization(request: Request, services: Services) -> Response:
     form = await read_form(request)
-    client = authenticate_client(services.config, _authorization(request), form)
+    client = _client(request, services, form)
     pushed = await par.push(services, client, form, request.headers.getlist("dpop"))
     headers = {**NO_STORE, **dpop_binding.nonce_headers(services)}
     return JSONResponse(pushed, 201, headers=headers)
@@ -145,7 +156,7 @@ async def pushed_authorization(request: Request, services: Services) -> Response
 @endpoint
 async def token(request: Request, services: Services) -> Response:
     form = await read_form(request)
-    client = authenticate_client(services.config, _authorization(request), form)
+    client = _client(request, services, form)
     issued = await token_exchange.exchange(services, client, form, request.headers.getlist("dpop"))
     return JSONResponse(issued, headers={**NO_STORE, **dpop_binding.nonce_headers(services)})
 
@@ -153,7 +164,7 @@ async def token(request: Request, services: Services) -> Response:
 @endpoint
 async def introspect(request: Request, services: Services) -> Response:
     form = await read_form(request)
-    server = authenticate(services.config, _authorization(request), form, admit="resource_server")
+    server = _caller(request, services, form, "resource_server")
     assert isinstance(server, ResourceServer)
     return JSONResponse(await introspection.introspect(services, server, form), headers=NO_STORE)
 
@@ -161,7 +172,7 @@ async def introspect(request: Request, services: Services) -> Response:
 @endpoint
 async def revoke(request: Request, services: Services) -> Response:
     form = await read_form(request)
-    caller = authenticate(services.config, _authorization(request), form, admit="any")
+    caller = _caller(request, services, form, "any")
     assert isinstance(caller, Client | ResourceServer)
     await revocation.revoke(services, caller, form)
     return Response(b"", 200, headers=NO_STORE)
@@ -170,7 +181,7 @@ async def revoke(request: Request, services: Services) -> Response:
 @endpoint
 async def enroll(request: Request, services: Services) -> Response:
     form = await read_form(request)
-    client = authenticate_client(services.config, _authorization(request), form)
+    client = _client(request, services, form)
     created = await enrollment.create(services, client, form, request.headers.getlist("dpop"))
     headers = {**NO_STORE, **dpop_binding.nonce_headers(services)}
     return JSONResponse(created, 201, headers=headers)

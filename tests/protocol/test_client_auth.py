@@ -1,18 +1,20 @@
 """Client authentication (RFC 6749 §2.3.1) and the headers it remembers: a remembered header
 finds what a full check would, a wrong secret is never admitted, failures are checked in full
-every time, the memory is per config object and bounded."""
+every time, the memory is per config object and bounded. (That each app owns its memory:
+tests/web/test_remembered_headers.py.)"""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from stepup.config import Client, Config, ResourceServer, hash_secret
 from stepup.errors import InvalidClient, InvalidRequest
 from stepup.protocol import client_auth
-from stepup.protocol.client_auth import authenticate
+from stepup.protocol.client_auth import RememberedHeaders
 
 CLIENT_SECRET = "client-secret-5f0c1e9a7d3b4c2a"
 RS_SECRET = "rs-secret-8c2d4e6f0a1b3c5d"
@@ -48,11 +50,26 @@ def full_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         return compare(secret, stored)
 
     monkeypatch.setattr(client_auth, "secret_matches", counting)
-    monkeypatch.setattr(client_auth, "_remembered", client_auth._Remembered())
     yield checked
 
 
-def test_a_remembered_header_finds_the_same_identity(full_checks: list[str]) -> None:
+Authenticate = Callable[..., Client | ResourceServer]
+
+
+@pytest.fixture
+def memo() -> RememberedHeaders:
+    return RememberedHeaders()
+
+
+@pytest.fixture
+def authenticate(memo: RememberedHeaders) -> Authenticate:
+    """client_auth.authenticate with the test's own memory, as an app passes its own."""
+    return functools.partial(client_auth.authenticate, remembered=memo)
+
+
+def test_a_remembered_header_finds_the_same_identity(
+    full_checks: list[str], authenticate: Authenticate
+) -> None:
     policy = config()
     header = basic("payments-rs", RS_SECRET)
     first = authenticate(policy, header, {}, admit="resource_server")
@@ -63,6 +80,7 @@ def test_a_remembered_header_finds_the_same_identity(full_checks: list[str]) -> 
 
 def test_a_wrong_secret_is_refused_after_the_right_one_was_remembered(
     full_checks: list[str],
+    authenticate: Authenticate,
 ) -> None:
     policy = config()
     authenticate(policy, basic("bank", CLIENT_SECRET), {}, admit="client")
@@ -73,7 +91,9 @@ def test_a_wrong_secret_is_refused_after_the_right_one_was_remembered(
     assert full_checks == [CLIENT_SECRET, *wrong]
 
 
-def test_a_failure_is_checked_in_full_every_time(full_checks: list[str]) -> None:
+def test_a_failure_is_checked_in_full_every_time(
+    full_checks: list[str], authenticate: Authenticate
+) -> None:
     policy = config()
     for _ in range(3):
         with pytest.raises(InvalidClient):
@@ -84,7 +104,9 @@ def test_a_failure_is_checked_in_full_every_time(full_checks: list[str]) -> None
     assert full_checks == ["guess"] * 6
 
 
-def test_a_header_whose_body_check_failed_is_not_remembered(full_checks: list[str]) -> None:
+def test_a_header_whose_body_check_failed_is_not_remembered(
+    full_checks: list[str], authenticate: Authenticate
+) -> None:
     policy = config()
     header = basic("bank", CLIENT_SECRET)
     with pytest.raises(InvalidClient, match="client authentication failed"):
@@ -95,6 +117,7 @@ def test_a_header_whose_body_check_failed_is_not_remembered(full_checks: list[st
 
 def test_the_checks_on_the_body_still_apply_to_a_remembered_header(
     full_checks: list[str],
+    authenticate: Authenticate,
 ) -> None:
     policy = config()
     header = basic("bank", CLIENT_SECRET)
@@ -108,6 +131,7 @@ def test_the_checks_on_the_body_still_apply_to_a_remembered_header(
 
 def test_a_remembered_header_is_admitted_only_where_its_identity_is(
     full_checks: list[str],
+    authenticate: Authenticate,
 ) -> None:
     policy = config()
     header = basic("payments-rs", RS_SECRET)
@@ -117,7 +141,9 @@ def test_a_remembered_header_is_admitted_only_where_its_identity_is(
     assert authenticate(policy, header, {}, admit="any") is policy.resource_servers["payments-rs"]
 
 
-def test_a_new_config_object_checks_in_full_again(full_checks: list[str]) -> None:
+def test_a_new_config_object_checks_in_full_again(
+    full_checks: list[str], authenticate: Authenticate
+) -> None:
     header = basic("bank", CLIENT_SECRET)
     authenticate(config(), header, {}, admit="client")
     rotated = config(client_secret="a-new-secret-0b9e7d")
@@ -126,7 +152,9 @@ def test_a_new_config_object_checks_in_full_again(full_checks: list[str]) -> Non
     assert full_checks == [CLIENT_SECRET, CLIENT_SECRET]
 
 
-def test_the_memory_is_bounded(full_checks: list[str]) -> None:
+def test_the_memory_is_bounded(
+    full_checks: list[str], authenticate: Authenticate, memo: RememberedHeaders
+) -> None:
     # One client can spell its valid header in endless ways: each takes a place, none grows
     # the memory past its bound, and the oldest are checked in full again.
     policy = config()
@@ -134,7 +162,7 @@ def test_the_memory_is_bounded(full_checks: list[str]) -> None:
     spellings = [basic("bank", CLIENT_SECRET, spaces=1 + n) for n in range(count)]
     for header in spellings:
         authenticate(policy, header, {}, admit="client")
-    assert len(client_auth._remembered._found) == client_auth.REMEMBERED_HEADERS
+    assert len(memo._found) == client_auth.REMEMBERED_HEADERS
     full_checks.clear()
     authenticate(policy, spellings[-1], {}, admit="client")
     assert full_checks == []
@@ -142,7 +170,9 @@ def test_the_memory_is_bounded(full_checks: list[str]) -> None:
     assert full_checks == [CLIENT_SECRET]
 
 
-def test_a_percent_encoded_spelling_is_the_same_client(full_checks: list[str]) -> None:
+def test_a_percent_encoded_spelling_is_the_same_client(
+    full_checks: list[str], authenticate: Authenticate
+) -> None:
     # RFC 6749 §2.3.1: the id and secret are form-urlencoded inside the Basic value.
     policy = config()
     secret = "".join(f"%{byte:02X}" for byte in CLIENT_SECRET.encode())
