@@ -25,6 +25,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     ISSUER_UPSTREAM,
     REDIRECT,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     frozen_now,
@@ -36,7 +37,7 @@ from tests.support.stepup import (
 
 HTTPS_ISSUER = "https://stepup.example"
 CLIENT_ORIGIN = "http://localhost:9999"  # the origin of the client's registered redirect_uri
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 live_stepup, stepup = module_server("browser-safety")

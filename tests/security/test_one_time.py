@@ -28,6 +28,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     ISSUER_UPSTREAM,
     REDIRECT,
+    ScopeAndMaxAge,
     Stepup,
     hidden,
     manual_key,
@@ -38,7 +39,7 @@ RACERS = 50
 # ~40 ms each, which would dominate the test.
 _TLS = ssl.create_default_context()
 # max_age 0: every approval asks again, so no flow reuses an earlier one.
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tests.support.stepup import (
     OTHER_RS_SECRET,
     OTHER_SECRET,
     RS_SECRET,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     got_code,
@@ -40,7 +41,7 @@ from tests.support.stepup import (
     step_up_with,
 )
 
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 @pytest.fixture
