@@ -118,7 +118,8 @@ def enrolment_path(stepup: Stepup, sub: str, **fields: str) -> str:
         auth=(CLIENT_ID, CLIENT_SECRET),
     )
     assert created.status_code == 201, created.text
-    return urlsplit(created.json()["enrollment_uri"]).path
+    enrollment_uri: str = created.json()["enrollment_uri"]
+    return urlsplit(enrollment_uri).path
 
 
 def enrol(stepup: Stepup, sub: str) -> str:

@@ -112,7 +112,7 @@ def redirect_query(response: httpx.Response) -> dict[str, list[str]]:
 
 
 def alert(html: str) -> str:
-    found = re.findall(r'role="alert"[^>]*>([^<]*)<', html)
+    found: list[str] = re.findall(r'role="alert"[^>]*>([^<]*)<', html)
     assert len(found) == 1, f"expected one alert, found {found}"
     return found[0].strip()
 
