@@ -530,7 +530,7 @@ class FakeStepup:
     # key thumbprint of each proof that passed; the endpoints that asked for the nonce.
     nonce: str | None = None
     bind: bool = True
-    proofs: list[tuple[str, str]] = field(default_factory=list)
+    passed_proofs: list[tuple[str, str]] = field(default_factory=list)
     nonce_refusals: list[str] = field(default_factory=list)
     seen_proofs: proofs.MemoryReplayCache = field(
         default_factory=lambda: proofs.MemoryReplayCache(lambda: NOW)
@@ -607,7 +607,7 @@ class FakeStepup:
             )
         except proofs.ProofError as exc:
             return JSONResponse({"error": "invalid_dpop_proof", "detail": exc.detail}, 400)
-        self.proofs.append((request.url.path, proof.jkt))
+        self.passed_proofs.append((request.url.path, proof.jkt))
         return proof
 
     async def _par(self, request: Request) -> Response:
@@ -771,7 +771,7 @@ async def test_client_steps_up_pays_and_revokes_the_elevated_token(key: ECKey) -
         assert exchange["resource"] == "http://localhost:8002"
         # The bank proved its key at intake and at the exchange (stepup's own verifier
         # checked both proofs), so E came back bound to it; the API took E with a proof.
-        assert bank.stepup.proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
+        assert bank.stepup.passed_proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
         assert bank.stepup.introspected_by == ["payments-api"]
         assert len(bank.stepup.revoked) == 1
         assert bank.stepup.active == {}
@@ -805,7 +805,7 @@ async def test_client_answers_use_dpop_nonce_once_with_stepups_nonce(key: ECKey)
     assert back.headers["location"] == "/receipt"
     # RFC 9449 §8: asked once at /par, the nonce is then sent at /token unasked.
     assert bank.stepup.nonce_refusals == ["/par"]
-    assert bank.stepup.proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
+    assert bank.stepup.passed_proofs == [("/par", BANK_JKT), ("/token", BANK_JKT)]
     assert len(bank.stepup.pushed) == len(bank.stepup.exchanged) == 1
 
 

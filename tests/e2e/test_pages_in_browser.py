@@ -4,13 +4,14 @@ the TOTP form works without JavaScript, and cancel returns access_denied."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Unpack
 from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support.stepup import REDIRECT, Stepup
+from tests.support.stepup import REDIRECT, ParFields, Stepup
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +28,7 @@ def no_js_page(browser: Browser) -> Iterator[Page]:
         context.close()
 
 
-def _authorize(stepup: Stepup, page: Page, **par_fields: str) -> None:
+def _authorize(stepup: Stepup, page: Page, **par_fields: Unpack[ParFields]) -> None:
     pushed = stepup.par(**par_fields)
     assert pushed.status_code == 201, pushed.text
     request_uri = pushed.json()["request_uri"]

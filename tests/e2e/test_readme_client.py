@@ -35,8 +35,10 @@ def test_authlib_client_completes_the_loop_from_metadata_alone(stepup: Stepup) -
         stepup.url + "/.well-known/oauth-authorization-server", withhold_token=True
     ).json()
     assert meta["issuer"] == stepup.config.issuer
-    # Local test server: the issuer names port 8000, the live server listens elsewhere.
-    here = lambda url: url.replace(meta["issuer"], stepup.url)  # noqa: E731
+
+    def here(url: str) -> str:
+        # Local test server: the issuer names port 8000, the live server listens elsewhere.
+        return url.replace(meta["issuer"], stepup.url)
 
     subject_token = stepup.upstream.token()
     verifier, challenge = pkce()

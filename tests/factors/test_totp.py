@@ -59,8 +59,8 @@ def svg_to_png(svg: str, path: Path, pixels_per_module: int = 4) -> Path:
         else:
             raise AssertionError(f"unexpected SVG path command {command!r}")
     raw = bytearray()
-    for row in dark:
-        line = bytes(0 if cell else 255 for cell in row for _ in range(pixels_per_module))
+    for cells in dark:
+        line = bytes(0 if cell else 255 for cell in cells for _ in range(pixels_per_module))
         for _ in range(pixels_per_module):
             raw += b"\x00" + line
     width = modules * pixels_per_module

@@ -29,6 +29,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     ISSUER_UPSTREAM,
     REDIRECT,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     hidden,
@@ -40,7 +41,7 @@ from tests.support.stepup import (
 
 # max_age 0: every approval asks again, so no flow reuses an earlier one (and payments:write,
 # unlike audit:read, is not single-use: introspection does not consume it).
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 # stepup's Redis client gives up after 2 s on a socket that does not answer; a request to a
 # frozen Redis must end soon after (a little slack for a loaded machine), not hang.
 REDIS_SOCKET_TIMEOUT = 2.0

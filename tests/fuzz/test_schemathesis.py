@@ -20,12 +20,11 @@ import base64
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import schemathesis
 from hypothesis import strategies as st
-from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
 from schemathesis.schemas import BaseSchema
@@ -46,6 +45,10 @@ from tests.support.stepup import (
     Stepup,
     pkce,
 )
+
+if TYPE_CHECKING:
+    # schemathesis names the Case of an OpenAPI operation for type checkers only.
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 live_stepup, stepup = module_server("fuzz-schemathesis")
 
@@ -249,7 +252,7 @@ def realistic(stepup: Stepup) -> Realistic:
     )
 
 
-def _mix_in(case: Case, data: st.DataObject, realistic: Realistic) -> None:
+def _mix_in(case: OpenApiCase, data: st.DataObject, realistic: Realistic) -> None:
     """Make a positive case a valid request, or replace some of its parameters by real ones."""
     meta = case.meta
     if meta is None or meta.generation.mode != GenerationMode.POSITIVE:
@@ -297,12 +300,14 @@ authenticated = schemathesis.pytest.from_fixture("authenticated_schema")
 
 
 @anonymous.parametrize()
-def test_operations_without_credentials(case: Case) -> None:
+def test_operations_without_credentials(case: OpenApiCase) -> None:
     case.call_and_validate()
 
 
 @authenticated.parametrize()
 @authenticated.given(data=st.data())
-def test_operations_with_credentials(case: Case, data: st.DataObject, realistic: Realistic) -> None:
+def test_operations_with_credentials(
+    case: OpenApiCase, data: st.DataObject, realistic: Realistic
+) -> None:
     _mix_in(case, data, realistic)
     case.call_and_validate()

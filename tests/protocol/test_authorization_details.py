@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Unpack
 
+import httpx
 import pytest
 import redis
 from joserfc.jwk import ECKey
@@ -26,21 +27,33 @@ from tests.support.stepup import (
     OTHER_ID,
     OTHER_SECRET,
     PAYMENT,
+    ParFields,
     Stepup,
+    TokenFields,
     payment,
 )
 
 live_stepup, stepup = module_server("details")
 
 
-def par_with(stepup: Stepup, details: Any, **fields: str | None) -> Any:
-    raw = details if isinstance(details, str) else json.dumps(details)
-    return stepup.par(authorization_details=raw, **fields)
+def par_with(
+    stepup: Stepup,
+    details: Any,
+    subject_token: str | None = None,
+    *,
+    auth: tuple[str, str] | None = None,
+    **fields: Unpack[ParFields],
+) -> httpx.Response:
+    fields["authorization_details"] = details if isinstance(details, str) else json.dumps(details)
+    return stepup.par(subject_token, auth=auth, **fields)
 
 
 def elevated(
-    stepup: Stepup, details: list[dict[str, Any]], sub: str = "alice", **token_fields: str
-) -> Any:
+    stepup: Stepup,
+    details: list[dict[str, Any]],
+    sub: str = "alice",
+    **token_fields: Unpack[TokenFields],
+) -> httpx.Response:
     """A real step-up for `details` and its token exchange: the /token answer."""
     with stepup.browser() as browser:
         query, verifier, _ = stepup.step_up(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stepup.config import Client, Config, ResourceServer, hash_secret
+from stepup.config import Client, Config, ResourceServer, hash_secret, secret_matches
 from stepup.errors import InvalidClient, InvalidRequest
 from stepup.protocol import client_auth
 from stepup.protocol.client_auth import RememberedHeaders
@@ -43,11 +43,10 @@ def basic(identity: str, secret: str, *, spaces: int = 1) -> str:
 def full_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The secrets compared in full (decoded and hashed), in order."""
     checked: list[str] = []
-    compare = client_auth.secret_matches
 
     def counting(secret: str, stored: str) -> bool:
         checked.append(secret)
-        return compare(secret, stored)
+        return secret_matches(secret, stored)
 
     monkeypatch.setattr(client_auth, "secret_matches", counting)
     yield checked
@@ -176,7 +175,8 @@ def test_a_percent_encoded_spelling_is_the_same_client(
     # RFC 6749 §2.3.1: the id and secret are form-urlencoded inside the Basic value.
     policy = config()
     secret = "".join(f"%{byte:02X}" for byte in CLIENT_SECRET.encode())
-    assert authenticate(policy, basic("ban%6B", secret), {}, admit="client").client_id == "bank"
+    found = authenticate(policy, basic("ban%6B", secret), {}, admit="client")
+    assert isinstance(found, Client) and found.client_id == "bank"
     with pytest.raises(InvalidClient):
         authenticate(policy, basic("ban%6B", secret.replace("%35", "%36")), {}, admit="client")
     assert full_checks == [CLIENT_SECRET, CLIENT_SECRET.replace("5", "6", 1)]

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import pytest
@@ -25,6 +25,7 @@ from tests.support.stepup import (
     CLIENT_ID,
     CLIENT_SECRET,
     EXCHANGE,
+    ParFields,
     Stepup,
     Upstream,
     frozen_now,
@@ -39,10 +40,17 @@ RACERS = 50
 live_stepup, stepup = module_server("dpop")
 
 
-def elevate(stepup: Stepup, **par_fields: Any) -> tuple[str, str]:
+def elevate(
+    stepup: Stepup,
+    subject_token: str | None = None,
+    headers: dict[str, str] | None = None,
+    **par_fields: Unpack[ParFields],
+) -> tuple[str, str]:
     """A real step-up (intake, page, TOTP): the code and its PKCE verifier."""
     with stepup.browser() as browser:
-        query, verifier, _ = stepup.step_up(browser, **par_fields)
+        query, verifier, _ = stepup.step_up(
+            browser, subject_token=subject_token, headers=headers, **par_fields
+        )
     assert "code" in query, query
     return query["code"][0], verifier
 

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import pytest
@@ -25,6 +25,7 @@ from tests.support.stepup import (
     OTHER_SECRET,
     RS_ID,
     RS_SECRET,
+    ParFields,
     Stepup,
 )
 
@@ -34,7 +35,7 @@ RACERS = 50
 live_stepup, stepup = module_server("introspection")
 
 
-def elevated(stepup: Stepup, **par_fields: str | None) -> tuple[str, dict[str, Any]]:
+def elevated(stepup: Stepup, **par_fields: Unpack[ParFields]) -> tuple[str, dict[str, Any]]:
     """A real step-up and exchange: the elevated token and the token response."""
     with stepup.browser() as browser:
         query, verifier, _ = stepup.step_up(browser, None, "alice", **par_fields)

@@ -8,7 +8,7 @@ import hmac
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -29,6 +29,7 @@ from tests.support.stepup import (
     REDIRECT,
     RS_ID,
     RS_SECRET,
+    ParFields,
     Stepup,
     Upstream,
     make_config,
@@ -86,7 +87,7 @@ def redirect_query(response: httpx.Response) -> dict[str, list[str]]:
     return parse_qs(urlsplit(location).query)
 
 
-def demanded_level_outcome(stepup: Stepup, **fields: str | None) -> httpx.Response:
+def demanded_level_outcome(stepup: Stepup, **fields: Unpack[ParFields]) -> httpx.Response:
     """Push a request for a user with no factor and open it: a level TOTP can meet shows the
     TOTP enrolment page, a higher one offers only a passkey (see assert_passkey_only)."""
     pushed = stepup.par(None, auth=None, **fields)
@@ -565,7 +566,7 @@ def step_up_once(stepup: Stepup) -> None:
     assert "code" in query
 
 
-def reopen(stepup: Stepup, **fields: str | None) -> httpx.Response:
+def reopen(stepup: Stepup, **fields: Unpack[ParFields]) -> httpx.Response:
     pushed = stepup.par(None, auth=None, **fields)
     assert pushed.status_code == 201, pushed.text
     with stepup.browser() as browser:

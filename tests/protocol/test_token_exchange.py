@@ -8,7 +8,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import pytest
@@ -32,6 +32,7 @@ from tests.support.stepup import (
     OTHER_SECRET,
     RS_ID,
     RS_SECRET,
+    ParFields,
     Stepup,
     Upstream,
     make_config,
@@ -45,7 +46,7 @@ RACERS = 50
 live_stepup, stepup = module_server("exchange")
 
 
-def elevate(stepup: Stepup, sub: str = "alice", **par_fields: str | None) -> tuple[str, str]:
+def elevate(stepup: Stepup, sub: str = "alice", **par_fields: Unpack[ParFields]) -> tuple[str, str]:
     """A real step-up (intake, page, TOTP proof): the code and its PKCE verifier."""
     with stepup.browser() as browser:
         query, verifier, _ = stepup.step_up(browser, sub=sub, **par_fields)
@@ -53,7 +54,7 @@ def elevate(stepup: Stepup, sub: str = "alice", **par_fields: str | None) -> tup
     return query["code"][0], verifier
 
 
-def issued(stepup: Stepup, sub: str = "alice", **par_fields: str | None) -> httpx.Response:
+def issued(stepup: Stepup, sub: str = "alice", **par_fields: Unpack[ParFields]) -> httpx.Response:
     code, verifier = elevate(stepup, sub, **par_fields)
     response = stepup.token(code, verifier, subject_token=stepup.upstream.token(sub))
     assert response.status_code == 200, response.text

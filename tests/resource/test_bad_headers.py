@@ -13,7 +13,7 @@ from tests.resource.apps import resource, starlette_app
 from tests.support.stepup import API
 
 header_text = st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=("Cc",)), max_size=80
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=["Cc"]), max_size=80
 )
 
 

@@ -39,7 +39,7 @@ scope_tokens = st.text(
 )
 acrs = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
 realms = st.none() | st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=("Cc",)),
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=["Cc"]),
     max_size=30,
 )
 

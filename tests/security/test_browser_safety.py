@@ -25,6 +25,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     ISSUER_UPSTREAM,
     REDIRECT,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     frozen_now,
@@ -36,7 +37,7 @@ from tests.support.stepup import (
 
 HTTPS_ISSUER = "https://stepup.example"
 CLIENT_ORIGIN = "http://localhost:9999"  # the origin of the client's registered redirect_uri
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 live_stepup, stepup = module_server("browser-safety")
@@ -117,7 +118,8 @@ def enrolment_path(stepup: Stepup, sub: str, **fields: str) -> str:
         auth=(CLIENT_ID, CLIENT_SECRET),
     )
     assert created.status_code == 201, created.text
-    return urlsplit(created.json()["enrollment_uri"]).path
+    enrollment_uri: str = created.json()["enrollment_uri"]
+    return urlsplit(enrollment_uri).path
 
 
 def enrol(stepup: Stepup, sub: str) -> str:

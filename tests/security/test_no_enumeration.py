@@ -121,7 +121,10 @@ def test_a_disabled_subjects_right_code_fails_like_a_wrong_code(
             },
         )
     assert right.status_code == wrong.status_code == 400
-    alert = lambda html: html.split('role="alert"', 1)[1].split("</p>", 1)[0]  # noqa: E731
+
+    def alert(html: str) -> str:
+        return html.split('role="alert"', 1)[1].split("</p>", 1)[0]
+
     assert alert(right.text) == alert(wrong.text)
 
 

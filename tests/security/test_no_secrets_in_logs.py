@@ -25,6 +25,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     RS_ID,
     RS_SECRET,
+    ScopeAndMaxAge,
     Stepup,
     frozen_now,
     hidden,
@@ -34,7 +35,7 @@ from tests.support.stepup import (
 
 live_stepup, stepup = module_server("no-secrets-in-logs")
 
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 WRONG_CLIENT_SECRET = "wrong-bank-secret-5f0c1e9a7d3b"
 WRONG_RS_SECRET = "wrong-rs-secret-8c2d4e6f0a1b"
 AUDIT_EVENTS = {

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -28,6 +29,7 @@ from tests.support.stepup import (
     CLIENT_SECRET,
     ISSUER_UPSTREAM,
     REDIRECT,
+    ScopeAndMaxAge,
     Stepup,
     hidden,
     manual_key,
@@ -38,7 +40,7 @@ RACERS = 50
 # ~40 ms each, which would dominate the test.
 _TLS = ssl.create_default_context()
 # max_age 0: every approval asks again, so no flow reuses an earlier one.
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -111,7 +113,8 @@ def enrolment_path(stepup: Stepup, sub: str) -> str:
         auth=(CLIENT_ID, CLIENT_SECRET),
     )
     assert created.status_code == 201, created.text
-    return urlsplit(created.json()["enrollment_uri"]).path
+    enrollment_uri: str = created.json()["enrollment_uri"]
+    return urlsplit(enrollment_uri).path
 
 
 def factor_count(store: redis.Redis, sub: str) -> int:
@@ -139,7 +142,7 @@ def test_fifty_parallel_authorizations_of_one_request_uri_start_one_interaction(
     request_uri = pushed_request_uri(stepup)
     params = {"client_id": CLIENT_ID, "request_uri": request_uri}
     with racers(stepup) as clients:
-        answers = race([lambda c=c: c.get("/authorize", params=params) for c in clients])
+        answers = race([partial(c.get, "/authorize", params=params) for c in clients])
         winners = [i for i, a in enumerate(answers) if a.status_code == 303]
         assert len(winners) == 1, Counter(a.status_code for a in answers)
         winner = winners[0]
@@ -161,7 +164,7 @@ def test_fifty_parallel_cancels_of_one_interaction_redirect_once(stepup: Stepup)
         cookie = cookie_of(stepup, browser)
     data = {"csrf": hidden(page.text, "csrf"), "action": "cancel"}
     with racers(stepup, cookie) as clients:
-        answers = race([lambda c=c: c.post(page.url.path, data=data) for c in clients])
+        answers = race([partial(c.post, page.url.path, data=data) for c in clients])
     redirects = [a for a in answers if a.status_code == 303]
     assert len(redirects) == 1, Counter(a.status_code for a in answers)
     assert redirect_query(redirects[0])["error"] == ["access_denied"]
@@ -183,7 +186,7 @@ def test_racing_verify_and_cancel_on_one_interaction_end_it_once(stepup: Stepup)
     with racers(stepup, cookie) as clients:
         answers = race(
             [
-                lambda c=c, i=i: c.post(page.url.path, data=verify if i % 2 else cancel)
+                partial(c.post, page.url.path, data=verify if i % 2 else cancel)
                 for i, c in enumerate(clients)
             ]
         )
@@ -214,7 +217,7 @@ def test_fifty_parallel_confirmations_of_one_enrolment_add_one_factor(
         "code": stepup.totp_code(manual_key(page.text)),
     }
     with racers(stepup, cookie) as clients:
-        answers = race([lambda c=c: c.post(path, data=data) for c in clients])
+        answers = race([partial(c.post, path, data=data) for c in clients])
     added = [a for a in answers if a.status_code == 200]
     assert len(added) == 1, Counter(a.status_code for a in answers)
     assert "added" in added[0].text
@@ -252,7 +255,7 @@ def test_fifty_parallel_confirmations_of_a_second_factor_add_one_factor(
         "code": stepup.totp_code(new_secret),
     }
     with racers(stepup, cookie) as clients:
-        answers = race([lambda c=c: c.post(path, data=data) for c in clients])
+        answers = race([partial(c.post, path, data=data) for c in clients])
     assert sum(a.status_code == 200 for a in answers) == 1, Counter(a.status_code for a in answers)
     assert factor_count(store, "collector") == 2
 
@@ -263,7 +266,7 @@ def test_fifty_browsers_opening_one_enrolment_link_at_once_bind_only_one(
     # The link belongs to the first browser that opens it; the others must not see its key.
     path = enrolment_path(stepup, "shared")
     with racers(stepup) as clients:
-        answers = race([lambda c=c: c.get(path) for c in clients])
+        answers = race([partial(c.get, path) for c in clients])
     shown = [a for a in answers if a.status_code == 200]
     keys_shown = {manual_key(a.text) for a in shown}
     assert len(shown) == 1, (

@@ -19,9 +19,10 @@ import redis
 from cryptography.exceptions import InvalidTag
 
 from stepup.clock import FrozenClock
-from stepup.config import ConfigError, parse
+from stepup.config import Client, ConfigError, ResourceServer, parse
 from stepup.sealing import Sealer, SealingError, new_key_line
 from stepup.storage import keys
+from tests.support.redis_replies import as_bytes
 from tests.support.stepup import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -29,6 +30,7 @@ from tests.support.stepup import (
     OTHER_RS_SECRET,
     OTHER_SECRET,
     RS_SECRET,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     got_code,
@@ -40,7 +42,7 @@ from tests.support.stepup import (
     step_up_with,
 )
 
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def subject(sub: str) -> str:
 
 def factor_records(store: redis.Redis, sub: str) -> dict[str, dict[str, Any]]:
     raw = store.hgetall(keys.factors(subject(sub)))
-    return {field.decode(): json.loads(value) for field, value in raw.items()}
+    return {as_bytes(field).decode(): json.loads(value) for field, value in raw.items()}
 
 
 def only_factor(store: redis.Redis, sub: str) -> tuple[str, dict[str, Any]]:
@@ -74,20 +76,23 @@ def redis_dump(store: redis.Redis) -> bytes:
         parts.append(key)
         kind = store.type(key)
         if kind == b"string":
-            parts.append(store.get(key) or b"")
+            parts.append(as_bytes(store.get(key) or b""))
         elif kind == b"hash":
             for field, value in store.hgetall(key).items():
-                parts += [field, value]
+                parts += [as_bytes(field), as_bytes(value)]
         elif kind == b"list":
-            parts += store.lrange(key, 0, -1)
+            parts += map(as_bytes, store.lrange(key, 0, -1))
         elif kind == b"set":
-            parts += list(store.smembers(key))
+            parts += map(as_bytes, store.smembers(key))
         elif kind == b"zset":
-            parts += [member for member, _ in store.zrange(key, 0, -1, withscores=True)]
+            parts += map(as_bytes, store.zrange(key, 0, -1))
         elif kind == b"stream":  # the audit trail: searched for secrets like the rest
-            for _, fields in store.xrange(key):
+            entries = store.xrange(key)
+            assert entries is not None, key
+            for _, fields in entries:
+                assert fields is not None, key
                 for field, value in fields.items():
-                    parts += [field, value]
+                    parts += [as_bytes(field), as_bytes(value)]
         else:
             raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
     return b"\n".join(parts)
@@ -207,7 +212,10 @@ def test_factor_record_copied_whole_onto_another_subject_does_not_step_it_up(
 
 
 def test_client_secrets_appear_in_the_policy_only_as_sha256_hashes(stepup: Stepup) -> None:
-    identities = [*stepup.config.clients.values(), *stepup.config.resource_servers.values()]
+    identities: list[Client | ResourceServer] = [
+        *stepup.config.clients.values(),
+        *stepup.config.resource_servers.values(),
+    ]
     assert identities
     for identity in identities:
         assert identity.secret_hash.startswith("sha256:"), identity

@@ -30,6 +30,7 @@ from tests.support.server import LiveServer
 from tests.support.stepup import (
     OTHER_ID,
     OTHER_SECRET,
+    ScopeAndMaxAge,
     Stepup,
     Upstream,
     pkce,
@@ -38,7 +39,7 @@ from tests.support.stepup import (
 )
 
 live_stepup, stepup = module_server("token-safety")
-NO_REUSE = {"scope": "payments:write", "max_age": "0"}
+NO_REUSE: ScopeAndMaxAge = {"scope": "payments:write", "max_age": "0"}
 
 
 class AttackerServer:

@@ -99,7 +99,9 @@ class DPoPKey:
     def _es256(self, data: bytes) -> bytes:
         # RFC 7518 §3.4: the signature is R || S, 32 bytes each, not DER.
         assert isinstance(self.key, ECKey)
-        der = self.key.private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        private_key = self.key.private_key
+        assert private_key is not None  # generated with private=True
+        der = private_key.sign(data, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 from starlette.applications import Starlette
@@ -21,7 +21,7 @@ from stepup.app import create_app
 from stepup.clock import FrozenClock
 from stepup.config import parse
 from tests.support.server import LiveServer, bound_socket
-from tests.support.stepup import Stepup, Upstream, policy_document
+from tests.support.stepup import ParFields, Stepup, Upstream, policy_document
 
 
 @contextmanager
@@ -69,7 +69,7 @@ def jwks_server(jwks_file: Path) -> Iterator[str]:
         yield live.url + "/jwks"
 
 
-def elevated_token(stepup: Stepup, sub: str = "alice", **par_fields: str | None) -> str:
+def elevated_token(stepup: Stepup, sub: str = "alice", **par_fields: Unpack[ParFields]) -> str:
     """A real step-up (page and TOTP) and token exchange; the elevated token."""
     with stepup.browser() as browser:
         query, verifier, _ = stepup.step_up(browser, None, sub, **par_fields)

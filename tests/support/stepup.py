@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -44,6 +44,50 @@ CHALLENGE = (
     'error_description="A stronger authentication is required", '
     'acr_values="urn:stepup:acr:mfa", max_age=300'
 )
+
+
+class ParFields(TypedDict, total=False):
+    """The form fields of POST /par a test may set besides subject_token (README, Challenge
+    intake); None leaves a field Stepup.par would send out of the request."""
+
+    subject_token_type: str | None
+    challenge: str | None
+    acr_values: str | None
+    max_age: str | None
+    scope: str | None
+    resource: str | None
+    redirect_uri: str | None
+    state: str | None
+    response_type: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    dpop_jkt: str | None
+    authorization_details: str | None
+    request_uri: str | None  # RFC 9126 §2.1: never inside a pushed request; tests send it
+
+
+class ScopeAndMaxAge(TypedDict):
+    """Two ParFields, both always present: spread beside explicit fields
+    (`par(token, code_challenge=…, **NO_REUSE)`), the type checker knows they name no other
+    field, which it cannot know of a ParFields (every field optional)."""
+
+    scope: str
+    max_age: str
+
+
+class TokenFields(TypedDict, total=False):
+    """The form fields of POST /token (RFC 8693 §2.1) a test may set besides subject_token,
+    code and code_verifier; None leaves a field Stepup.token would send out."""
+
+    grant_type: str | None
+    subject_token_type: str | None
+    requested_token_type: str | None
+    actor_token: str | None
+    actor_token_type: str | None
+    scope: str | None
+    resource: str | None
+    audience: str | None
+    authorization_details: str | None
 
 
 class Upstream:
@@ -256,11 +300,10 @@ class Stepup:
         *,
         auth: tuple[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        **fields: str | None,
+        **fields: Unpack[ParFields],
     ) -> httpx.Response:
         _, challenge = pkce()
-        body: dict[str, str | None] = {
-            "subject_token": subject_token or self.upstream.token(),
+        body: ParFields = {
             "subject_token_type": ACCESS_TOKEN_TYPE,
             "challenge": CHALLENGE,
             "scope": "payments:write",
@@ -273,7 +316,10 @@ class Stepup:
         body.update(fields)
         return self.http.post(
             "/par",
-            data={k: v for k, v in body.items() if v is not None},
+            data={
+                "subject_token": subject_token or self.upstream.token(),
+                **{k: v for k, v in body.items() if v is not None},
+            },
             auth=auth or (CLIENT_ID, CLIENT_SECRET),
             headers=headers,
         )
@@ -298,20 +344,22 @@ class Stepup:
         subject_token: str | None = None,
         auth: tuple[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        **fields: str | None,
+        **fields: Unpack[TokenFields],
     ) -> httpx.Response:
-        body: dict[str, str | None] = {
+        body: TokenFields = {
             "grant_type": EXCHANGE,
-            "subject_token": subject_token or self.upstream.token(),
             "subject_token_type": ACCESS_TOKEN_TYPE,
-            "code": code,
-            "code_verifier": verifier,
             "requested_token_type": ACCESS_TOKEN_TYPE,
         }
         body.update(fields)
         return self.http.post(
             "/token",
-            data={k: v for k, v in body.items() if v is not None},
+            data={
+                "subject_token": subject_token or self.upstream.token(),
+                "code": code,
+                "code_verifier": verifier,
+                **{k: v for k, v in body.items() if v is not None},
+            },
             auth=auth or (CLIENT_ID, CLIENT_SECRET),
             headers=headers,
         )
@@ -348,14 +396,16 @@ class Stepup:
         browser: httpx.Client,
         secret: str | None = None,
         sub: str = "alice",
-        **par_fields: str | None,
+        *,
+        subject_token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **par_fields: Unpack[ParFields],
     ) -> tuple[dict[str, list[str]], str, str]:
         """Runs intake, the page (enrolling TOTP the first time), and returns
         (redirect query, code_verifier, totp secret)."""
         verifier, challenge = pkce()
         par_fields.setdefault("code_challenge", challenge)
-        subject_token = par_fields.pop("subject_token", None) or self.upstream.token(sub)
-        pushed = self.par(subject_token, **par_fields)
+        pushed = self.par(subject_token or self.upstream.token(sub), headers=headers, **par_fields)
         assert pushed.status_code == 201, pushed.text
         page = self.open_authorization(browser, pushed.json()["request_uri"])
         assert page.status_code == 200, page.text

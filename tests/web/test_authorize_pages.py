@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Unpack
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -21,6 +22,7 @@ from tests.support.stepup import (
     OTHER_ID,
     OTHER_SECRET,
     REDIRECT,
+    ParFields,
     Stepup,
     Upstream,
     hidden,
@@ -33,7 +35,7 @@ from tests.support.stepup import (
 ISSUER = "http://localhost:8000"
 GARBAGE_REQUEST_URI = "urn:ietf:params:oauth:request_uri:not-a-real-request-0123456789abcdef"
 # audit:read has max_age 0: every approval asks again, so flows do not reuse each other.
-NO_REUSE = {"scope": "audit:read"}
+NO_REUSE: ParFields = {"scope": "audit:read"}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ def authorize(
     subject_token: str | None = None,
     client_id: str = CLIENT_ID,
     auth: tuple[str, str] | None = None,
-    **par_fields: str | None,
+    **par_fields: Unpack[ParFields],
 ) -> tuple[httpx.Response, str, str | None]:
     """PAR then GET /authorize: (the /authorize answer, code_verifier, state)."""
     verifier, challenge = pkce()
@@ -63,7 +65,7 @@ def authorize(
 
 
 def open_page(
-    stepup: Stepup, browser: httpx.Client, sub: str = "alice", **par_fields: str | None
+    stepup: Stepup, browser: httpx.Client, sub: str = "alice", **par_fields: Unpack[ParFields]
 ) -> httpx.Response:
     started, _, _ = authorize(stepup, browser, sub, **par_fields)
     assert started.status_code == 303, started.text
@@ -110,7 +112,7 @@ def redirect_query(response: httpx.Response) -> dict[str, list[str]]:
 
 
 def alert(html: str) -> str:
-    found = re.findall(r'role="alert"[^>]*>([^<]*)<', html)
+    found: list[str] = re.findall(r'role="alert"[^>]*>([^<]*)<', html)
     assert len(found) == 1, f"expected one alert, found {found}"
     return found[0].strip()
 

@@ -92,7 +92,8 @@ def _is_oauth_error(response: httpx.Response) -> bool:
 def test_json_endpoints_answer_bad_forms_with_an_oauth_error(
     stepup: Stepup, endpoint: str, form: dict[str, str], auth: tuple[str, str] | None
 ) -> None:
-    response = stepup.http.post(endpoint, data=form, auth=auth)
+    # httpx types `auth` without None; its no-op Auth sends no credentials, as None does.
+    response = stepup.http.post(endpoint, data=form, auth=auth or httpx.Auth())
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert _is_oauth_error(response), response.text

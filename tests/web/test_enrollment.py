@@ -59,7 +59,8 @@ def create_link(
 def link_path(stepup: Stepup, sub: str = "alice", **fields: str) -> str:
     created = create_link(stepup, sub, **fields)
     assert created.status_code == 201, created.text
-    return urlsplit(created.json()["enrollment_uri"]).path
+    enrollment_uri: str = created.json()["enrollment_uri"]
+    return urlsplit(enrollment_uri).path
 
 
 def post(

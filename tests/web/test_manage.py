@@ -15,6 +15,7 @@ import redis
 
 from stepup.clock import FrozenClock
 from stepup.storage import keys
+from tests.support.redis_replies import as_bytes
 from tests.support.stepup import (
     ISSUER_UPSTREAM,
     Stepup,
@@ -41,7 +42,7 @@ def subject(sub: str) -> str:
 
 
 def factor_ids(store: redis.Redis, sub: str) -> set[str]:
-    return {name.decode() for name in store.hkeys(keys.factors(subject(sub)))}
+    return {as_bytes(name).decode() for name in store.hkeys(keys.factors(subject(sub)))}
 
 
 def proven_page(stepup: Stepup, browser: httpx.Client, sub: str, secret: str) -> httpx.Response:
@@ -104,7 +105,7 @@ def test_recovery_codes_are_kept_only_as_salted_scrypt_digests(
     secret = enrol_via_stepup(stepup, "ann")
     codes = new_codes(stepup, "ann", secret)
     assert len(set(codes)) == len(codes)
-    stored = {d.decode() for d in store.smembers(keys.recovery_codes(subject("ann")))}
+    stored = {as_bytes(d).decode() for d in store.smembers(keys.recovery_codes(subject("ann")))}
     assert len(stored) == len(codes)
     assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in stored)
     dump = b"".join(store.dump(k) or b"" for k in store.keys("*"))
@@ -285,7 +286,7 @@ def test_rename_shows_the_new_name(stepup: Stepup, store: redis.Redis) -> None:
         )
     assert renamed.status_code == 200, renamed.text
     assert "Renamed to “Work phone”" in renamed.text
-    assert b"Work phone" in store.hget(keys.factors(subject("kim")), factor_id)
+    assert b"Work phone" in as_bytes(store.hget(keys.factors(subject("kim")), factor_id))
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 65, "bad\x00name", "tab\u200bzero"])
