@@ -359,9 +359,7 @@ def app_factory() -> object:
     # nowhere, since only the parent had configured logging.
     logs.configure()
     loaded = config_module.load(Path(os.environ["STEPUP_CONFIG"]))
-    return create_app(
-        loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"], settle_heap=True
-    )
+    return create_app(loaded, redis_url=os.environ["STEPUP_WORKER_REDIS_URL"], settle_heap=True)
 
 
 if __name__ == "__main__":
