@@ -20,6 +20,7 @@ from stepup import logs
 from stepup.app import create_app
 from stepup.clock import FrozenClock
 from stepup.config import parse
+from tests.support.asgi import http_scope, receive_once
 from tests.support.stepup import RS_ID, RS_SECRET, Upstream, policy_document
 
 REQUEST_ID = "req-audit-lines-1"
@@ -61,20 +62,7 @@ def introspection() -> dict[str, Any]:
         (b"content-type", b"application/x-www-form-urlencoded"),
         (b"content-length", str(len(BODY)).encode()),
     ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 5000),
-        "method": "POST",
-        "root_path": "",
-        "path": "/introspect",
-        "raw_path": b"/introspect",
-        "query_string": b"",
-        "headers": headers,
-    }
+    return http_scope("POST", "/introspect", headers)
 
 
 async def lines_as_the_answer_leaves(app: Starlette, path: Path) -> list[int]:
@@ -82,14 +70,6 @@ async def lines_as_the_answer_leaves(app: Starlette, path: Path) -> list[int]:
     is, and after the loop has run its next callbacks."""
     counts: list[int] = []
     statuses: list[int] = []
-    received = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if received:
-            return {"type": "http.disconnect"}
-        received = True
-        return {"type": "http.request", "body": BODY, "more_body": False}
 
     async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -97,7 +77,7 @@ async def lines_as_the_answer_leaves(app: Starlette, path: Path) -> list[int]:
         counts.append(introspected(path))
 
     async with app.router.lifespan_context(app):
-        await app(introspection(), receive, send)
+        await app(introspection(), receive_once(BODY), send)
         await asyncio.sleep(0)
         counts.append(introspected(path))
     assert statuses == [200]

@@ -15,6 +15,7 @@ from stepup.clock import FrozenClock
 from stepup.config import Config
 from stepup.web import api
 from stepup.web.front import Stepup
+from tests.support.asgi import http_scope, receive_once
 from tests.support.stepup import CLIENT_ID, CLIENT_SECRET, RS_ID, RS_SECRET
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -33,39 +34,18 @@ def _scope(method: str, path: str, body: bytes, authorization: bytes | None) -> 
     ]
     if authorization is not None:
         headers.append((b"authorization", authorization))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 5000),
-        "method": method,
-        "root_path": "",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": headers,
-    }
+    return http_scope(method, path, headers)
 
 
 async def _call(
     app: Any, method: str, path: str, body: bytes = b"", authorization: bytes | None = None
 ) -> Answer:
     sent: list[MutableMapping[str, Any]] = []
-    done = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal done
-        if done:
-            return {"type": "http.disconnect"}
-        done = True
-        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    await app(_scope(method, path, body, authorization), receive, send)
+    await app(_scope(method, path, body, authorization), receive_once(body), send)
     start = sent[0]
     return start["status"], list(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
 
