@@ -5,6 +5,7 @@ to a process, leaves the collector alone."""
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,8 +66,26 @@ def test_the_served_app_settles_once_started_and_a_test_app_does_not(
         assert (gc.get_threshold()[0] == YOUNG_GENERATION) is settle
 
 
+@pytest.fixture
+def logging_as_it_was() -> Iterator[None]:
+    """cli.app_factory configures logging for a worker process (logs.configure: the root's
+    handler, and the record fields it skips); this test process gets its own back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    fields = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    srcfile = logging._srcfile
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = fields
+        logging._srcfile = srcfile
+
+
 def test_each_worker_of_several_settles_its_heap_once_started(
     collector: tuple[int, int, int],
+    logging_as_it_was: None,
     upstream: Upstream,
     tmp_path: Path,
     redis_url: str,
