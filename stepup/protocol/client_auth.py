@@ -117,14 +117,3 @@ def _check(
         )
     return identity, found
 
-
-def authenticate_client(
-    config: Config,
-    authorization: str | None,
-    form: Mapping[str, str],
-    *,
-    remembered: RememberedHeaders,
-) -> Client:
-    client = authenticate(config, authorization, form, admit="client", remembered=remembered)
-    assert isinstance(client, Client)
-    return client

@@ -23,7 +23,7 @@ from stepup.protocol import (
     revocation,
     token_exchange,
 )
-from stepup.protocol.client_auth import authenticate, authenticate_client
+from stepup.protocol.client_auth import authenticate
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.forms import first_header, read_form
@@ -103,9 +103,9 @@ def _caller(
 
 
 def _client(request: Request, services: Services, form: dict[str, str]) -> Client:
-    authorization = first_header(request.scope, b"authorization")
-    remembered = services.remembered_headers
-    return authenticate_client(services.config, authorization, form, remembered=remembered)
+    client = _caller(request, services, form, "client")
+    assert isinstance(client, Client)
+    return client
 
 
 class _MetadataBody:
