@@ -10,7 +10,8 @@ transactions, blocking reads, Cluster, TLS) stays on redis-py.
 
 What is kept from redis-py's behaviour, so storage errors still fail closed (a 503):
 - errors are redis-py's own exception classes (ConnectionError, TimeoutError, and a reply's
-  error mapped by redis-py's parser: ResponseError, NoScriptError, ReadOnlyError, …), so the web layer's STORAGE_ERRORS catch them;
+  error mapped by redis-py's parser: ResponseError, NoScriptError, ReadOnlyError, …), so the
+  web layer's STORAGE_ERRORS catch them;
 - a command unanswered after `timeout` seconds ends the connection: it and every command
   behind it fail with TimeoutError (one watchdog per connection, not a timer per command);
 - a lost connection fails the commands in flight; the next command connects again. A
