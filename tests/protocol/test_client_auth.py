@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from stepup.config import Client, Config, ResourceServer, hash_secret, secret_matches
+from stepup.config import Client, Config, ResourceServer, hash_secret
 from stepup.errors import InvalidClient, InvalidRequest
 from stepup.protocol import client_auth
 from stepup.protocol.client_auth import RememberedHeaders
+from tests.support.full_checks import record_full_checks
 
 CLIENT_SECRET = "client-secret-5f0c1e9a7d3b4c2a"
 RS_SECRET = "rs-secret-8c2d4e6f0a1b3c5d"
@@ -40,16 +41,9 @@ def basic(identity: str, secret: str, *, spaces: int = 1) -> str:
 
 
 @pytest.fixture
-def full_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def full_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The secrets compared in full (decoded and hashed), in order."""
-    checked: list[str] = []
-
-    def counting(secret: str, stored: str) -> bool:
-        checked.append(secret)
-        return secret_matches(secret, stored)
-
-    monkeypatch.setattr(client_auth, "secret_matches", counting)
-    yield checked
+    return record_full_checks(monkeypatch)
 
 
 Authenticate = Callable[..., Client | ResourceServer]

@@ -17,8 +17,8 @@ from starlette.applications import Starlette
 
 from stepup.app import create_app
 from stepup.clock import FrozenClock
-from stepup.config import Client, Config, hash_secret, parse, secret_matches
-from stepup.protocol import client_auth
+from stepup.config import Client, Config, hash_secret, parse
+from tests.support.full_checks import record_full_checks
 from tests.support.stepup import CLIENT_ID, CLIENT_SECRET, Upstream, policy_document
 
 OTHER_SECRET = "bank-secret-of-the-second-app-7e1d"
@@ -57,14 +57,7 @@ async def token_status(client: httpx.AsyncClient, secret: str) -> int:
 @pytest.fixture
 def full_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The secrets compared in full (decoded and hashed), in order, by every app."""
-    checked: list[str] = []
-
-    def counting(secret: str, stored: str) -> bool:
-        checked.append(secret)
-        return secret_matches(secret, stored)
-
-    monkeypatch.setattr(client_auth, "secret_matches", counting)
-    return checked
+    return record_full_checks(monkeypatch)
 
 
 @pytest.mark.anyio
