@@ -116,4 +116,3 @@ def _check(
             "client authentication failed", detail=f"bad credentials for {identity!r}"
         )
     return identity, found
-
