@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processes import Server, cpu_seconds, rss_bytes
+from benchmarks.processes import Server, cpu_seconds, host_cpu, rss_bytes
 
 LUA = Path(__file__).resolve().parent / "lua"
 THREADS = 2
@@ -39,6 +40,12 @@ class Result:
     redis_cpu: float
     rss_mb: list[float]  # per serving process, sampled halfway through the run
     extra: dict[str, int]
+    # The rest of the machine's CPU budget in the same run (percent of one core; with server
+    # and Redis they add up to about nproc x 100): wrk itself, the time the hypervisor gave
+    # to someone else (steal), and what was left idle. None in results saved before these.
+    wrk_cpu: float | None = None
+    steal_cpu: float | None = None
+    idle_cpu: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,10 +119,18 @@ def measure(
         rss.extend(round(rss_bytes(pid) / 2**20, 1) for pid in server.workers())
 
     cpu_before, redis_before = cpu_seconds(pids), cpu_seconds(redis_pids)
+    steal_before, idle_before = host_cpu()
+    wrk_before = children_cpu()  # wrk is the only child waited for in between
     started = time.monotonic()
     data = wrk(url, script, seconds, env, during=sample_rss)
     elapsed = time.monotonic() - started
     cpu_after, redis_after = cpu_seconds(pids), cpu_seconds(redis_pids)
+    steal_after, idle_after = host_cpu()
+    wrk_after = children_cpu()
+
+    def percent(before: float, after: float) -> float:
+        return round(100 * (after - before) / elapsed, 1)
+
     duration = data["duration_us"] / 1e6
     errors = sum(data[k] for k in data if k.startswith("errors_"))
     known = {"requests", "duration_us", "bytes", "max_us", "p50_us", "p90_us", "p99_us", "p99.9_us"}
@@ -127,8 +142,16 @@ def measure(
         p99_ms=data["p99_us"] / 1000,
         p999_ms=data["p99.9_us"] / 1000,
         errors=errors,
-        server_cpu=round(100 * (cpu_after - cpu_before) / elapsed, 1),
-        redis_cpu=round(100 * (redis_after - redis_before) / elapsed, 1),
+        server_cpu=percent(cpu_before, cpu_after),
+        redis_cpu=percent(redis_before, redis_after),
+        wrk_cpu=percent(wrk_before, wrk_after),
+        steal_cpu=percent(steal_before, steal_after),
+        idle_cpu=percent(idle_before, idle_after),
         rss_mb=rss,
         extra={k: v for k, v in data.items() if k not in known and not k.startswith("errors_")},
     )
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -70,6 +70,15 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def host_cpu() -> tuple[float, float]:
+    """(steal, idle) CPU-seconds of the whole machine so far, all cores together (/proc/stat):
+    steal is time the hypervisor gave this machine's CPUs to someone else."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = handle.readline().split()
+    # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) / CLOCK_TICKS, (int(fields[4]) + int(fields[5])) / CLOCK_TICKS
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:

@@ -145,7 +145,9 @@ class Bench:
         progress(
             f"  {name:<20} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"p99 {result.p99_ms:7.2f} ms  p99.9 {result.p999_ms:7.2f} ms  "
-            f"cpu {result.server_cpu:5.1f}% redis {result.redis_cpu:4.1f}%{note}"
+            f"cpu {result.server_cpu:5.1f}% redis {result.redis_cpu:4.1f}% "
+            f"wrk {result.wrk_cpu or 0:4.1f}% steal {result.steal_cpu or 0:4.1f}% "
+            f"idle {result.idle_cpu or 0:5.1f}%{note}"
         )
         return result
 
@@ -327,6 +329,11 @@ def _median(results: list[Result], field: str) -> float:
     return float(statistics.median(getattr(r, field) for r in results))
 
 
+def _median_known(results: list[Result], field: str) -> float | None:
+    known = [getattr(r, field) for r in results if getattr(r, field) is not None]
+    return float(statistics.median(known)) if known else None
+
+
 def summarize(bench: Bench) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {}
     for workers, targets in sorted(bench.results.items()):
@@ -343,6 +350,9 @@ def summarize(bench: Bench) -> dict[str, Any]:
                 "p999_ms": _median(results, "p999_ms"),
                 "server_cpu": _median(results, "server_cpu"),
                 "redis_cpu": _median(results, "redis_cpu"),
+                "wrk_cpu": _median_known(results, "wrk_cpu"),
+                "steal_cpu": _median_known(results, "steal_cpu"),
+                "idle_cpu": _median_known(results, "idle_cpu"),
                 "errors": sum(r.errors for r in results),
                 "rss_mb_max": max((max(r.rss_mb) for r in results if r.rss_mb), default=None),
                 # Requests per second of server CPU: on a shared machine a neighbour's load
@@ -479,14 +489,15 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         f"{summary['machine']['ram_gib']} GiB; wrk -t{load.THREADS} -c{load.CONNECTIONS}, "
         f"{settings['seconds']} s after {settings['warmup']} s warm-up, median of {settings['runs']}",
         "",
-        "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | req per CPU-s | RSS MB/worker | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | wrk CPU % | steal % | idle % | req per CPU-s | RSS MB/worker | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["table"].values():
         lines.append(
             f"| {row['target']} | {row['workers']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'])} | "
             f"{_fmt(row['p99_ms'])} | {_fmt(row['p999_ms'])} | {_fmt(row['server_cpu'], 0)} | "
-            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
+            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row.get('wrk_cpu'), 0)} | "
+            f"{_fmt(row.get('steal_cpu'), 0)} | {_fmt(row.get('idle_cpu'), 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
             f"{_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
         )
     lines += [

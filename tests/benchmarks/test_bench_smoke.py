@@ -5,7 +5,10 @@ the store wrote). Behaviour only: nothing here looks at a timing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +164,41 @@ def test_peer_stores_its_tokens_in_redis(workdir: Path, bench_redis: EmbeddedRed
         assert gone == {"active": False}
     finally:
         peer.stop()
+
+
+def test_the_cpu_budget_is_read_from_the_machine_not_made_up(workdir: Path) -> None:
+    """The columns that say where the machine's CPU went (server, Redis, wrk, steal, idle)
+    come from /proc and from wrk's own usage: the ceiling under a short wrk run shows its
+    server and wrk busy, and the whole never exceeds what the machine's cores can give."""
+    require_tool("wrk")
+    ceiling = processes.start_ceiling(workdir, processes.free_port(), 1)
+    try:
+        result = load.measure(ceiling, None, "/", "fixed.lua", {}, seconds=1.5, warmup=0)
+    finally:
+        ceiling.stop()
+    assert result.requests > 0 and result.errors == 0
+    assert result.wrk_cpu is not None and result.steal_cpu is not None
+    assert result.idle_cpu is not None
+    assert result.server_cpu > 10 and result.wrk_cpu > 1
+    assert result.redis_cpu == 0  # no Redis named: none counted
+    assert result.steal_cpu >= 0 and result.idle_cpu >= 0
+    cores = os.cpu_count() or 1
+    accounted = result.server_cpu + result.wrk_cpu + result.steal_cpu + result.idle_cpu
+    # Clock ticks are 10 ms: over 1.5 s each figure may be off by about 1 %.
+    assert accounted <= cores * 100 + 5
+
+
+def test_host_cpu_counts_up_andchildren_cpu_takes_a_waited_child() -> None:
+    steal, idle = processes.host_cpu()
+    before = load.children_cpu()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass",
+        ],
+        check=True,
+    )
+    assert load.children_cpu() - before >= 0.25
+    later_steal, later_idle = processes.host_cpu()
+    assert later_steal >= steal and later_idle >= idle
