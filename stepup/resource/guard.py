@@ -200,7 +200,6 @@ class Guard:
             token = await self._verify(
                 value, requirement, _Proven(proof, self.proof_policy.replay_ttl, self._replay)
             )
-            check(token, requirement, self.levels, self.clock.now(), self.resource.leeway)
         except MissingToken as refusal:
             # No error code (RFC 6750 §3.1), but the scope hint helps a client ask for it.
             missing = refusal
@@ -262,18 +261,28 @@ class Guard:
             )
 
     async def _verify(self, token: str, requirement: Requirement, proven: _Proven) -> AccessToken:
+        """The token, verified or introspected, and fit for this route: a token the route
+        refuses is refused before anything spends it (stepup's single use, or this process's)."""
         verifier = self.verifier
         proof = proven.proof
+
+        def usable(answer: AccessToken) -> None:
+            # On every introspection answer, before this process spends anything: an opaque
+            # token's binding and claims are known only from it.
+            self._check_binding(answer.claims, proof)
+            check(answer, requirement, self.levels, self.clock.now(), self.resource.leeway)
+
         if not requirement.introspect:
             checked = self._bound(await verifier.verify_jwt(token), proof)
             # The proof's jti is claimed only now, behind a verified signature: proofs made
             # with any token string cannot fill the (bounded) replay cache.
             await proven.claim()
+            # Before stepup is asked, which spends a single-use token: a route this token
+            # cannot satisfy refuses it first, so the client keeps its one use for a route
+            # it was made for.
+            check(checked, requirement, self.levels, self.clock.now(), self.resource.leeway)
             if checked.claims.get("single_use") is not True:
                 return checked
-            # Asking stepup spends it: a route this token cannot satisfy refuses it first,
-            # so the client keeps its one use for a route it was made for.
-            check(checked, requirement, self.levels, self.clock.now(), self.resource.leeway)
             # stepup marks the tokens its policy makes single use: only introspection
             # consumes one, so a signature check alone would accept it again and again.
             issuer = verifier.introspecting_issuer(token)
@@ -283,11 +292,7 @@ class Guard:
                     detail="single-use token, and its issuer cannot be asked",
                 )
             return await verifier.introspect(
-                token,
-                issuer,
-                max_staleness=0,
-                single_use=True,
-                check=lambda answer: self._check_binding(answer.claims, proof),
+                token, issuer, max_staleness=0, single_use=True, check=usable
             )
         issuer = verifier.introspecting_issuer(token)
         if issuer is None:
@@ -318,14 +323,12 @@ class Guard:
                 check(claimed, requirement, self.levels, now, self.resource.leeway)
         # Before asking, so a replayed proof never reaches stepup (nor spends a token there).
         await proven.claim()
-        # `check` runs on the answer before this process spends anything: an opaque token's
-        # binding is known only from it.
         return await verifier.introspect(
             token,
             issuer,
             max_staleness=requirement.revocation_delay,
             single_use=requirement.single_use,
-            check=lambda answer: self._check_binding(answer.claims, proof),
+            check=usable,
         )
 
     def answer(self, refusal: Refusal) -> Answer:
