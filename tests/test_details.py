@@ -3,15 +3,24 @@ between approval and exchange (nothing the client sends may turn into a 500 or a
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
-from stepup.config import Config
+from stepup.config import ACR_MFA, Config
 from stepup.details import FieldSpec, describe, narrowed
-from stepup.resource import AccessToken, find_detail
-from tests.support.stepup import PAYMENT, payment
+from stepup.protocol.challenge import parse_www_authenticate, step_up_requirement
+from stepup.resource import (
+    AccessToken,
+    ExpectedDetail,
+    InsufficientAuthorizationDetails,
+    Requirement,
+    find_detail,
+    require_detail,
+)
+from tests.support.stepup import ACCOUNTS, PAYMENT, payment
 
 
 def test_the_sentence_fills_in_fields_and_marks_missing_ones(config: Config) -> None:
@@ -124,3 +133,67 @@ def test_the_toolkit_refuses_a_token_without_details_for_any_expected_payment() 
     for claims in ([], None, "x", [None, "x", 5]):
         token = _token(claims)
         assert find_detail(token, PAYMENT, {}) is None
+
+
+WRITE = Requirement("payments:write", acr=ACR_MFA, max_age=300)
+
+
+def expected_payment(amount: str, payee: str = "Bob's Bikes") -> ExpectedDetail:
+    return ExpectedDetail(
+        PAYMENT, instructedAmount={"amount": Decimal(amount), "currency": "EUR"}, creditorName=payee
+    )
+
+
+def test_an_expected_detail_answers_the_approved_detail_it_is_within() -> None:
+    token = _token([payment("12.00", payee="Corner Shop"), payment("500.00")])
+    assert expected_payment("500").approved_in(token, WRITE) == payment("500.00")
+    assert expected_payment("12", "Corner Shop").approved_in(token) == payment(
+        "12.00", payee="Corner Shop"
+    )
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        expected_payment("500.01"),
+        expected_payment("500.00", "Mallory"),
+        ExpectedDetail(ACCOUNTS),
+        ExpectedDetail(PAYMENT, instructedAmount={"amount": Decimal(500), "currency": "USD"}),
+    ],
+    ids=["a cent more", "another payee", "another type", "another currency"],
+)
+def test_an_expected_detail_not_approved_is_refused_with_the_step_up_parameters(
+    expected: ExpectedDetail,
+) -> None:
+    token = _token([payment("500.00")])
+    with pytest.raises(InsufficientAuthorizationDetails) as refused:
+        expected.approved_in(token, WRITE)
+    answer = refused.value.answer("payments", "https://api.example/.well-known/x")
+    assert answer.status == 403
+    assert json.loads(answer.body) == {
+        "error": "insufficient_authorization_details",
+        "error_description": "This request is not the one that was approved",
+    }
+    requirement = step_up_requirement(parse_www_authenticate(answer.headers["WWW-Authenticate"]))
+    assert requirement.error == "insufficient_authorization_details"
+    assert requirement.acr_values == (ACR_MFA,)
+    assert (requirement.max_age, requirement.scope) == (300, ("payments:write",))
+
+
+def test_the_refusal_says_the_routes_description_and_without_a_requirement_no_step_up() -> None:
+    expected = ExpectedDetail(
+        PAYMENT, description="This payment is not the one approved", creditorName="Mallory"
+    )
+    with pytest.raises(InsufficientAuthorizationDetails) as refused:
+        expected.approved_in(_token([payment("500.00")]))
+    assert refused.value.description == "This payment is not the one approved"
+    assert refused.value.params == ()
+
+
+def test_require_detail_is_an_expected_detail_checked_on_the_token() -> None:
+    token = _token([payment("500.00")])
+    amount = {"amount": Decimal("500"), "currency": "EUR"}
+    assert require_detail(token, PAYMENT, instructedAmount=amount) == payment("500.00")
+    with pytest.raises(InsufficientAuthorizationDetails) as refused:
+        require_detail(token, PAYMENT, requirement=WRITE, creditorName="Mallory")
+    assert refused.value.params == tuple(WRITE.step_up_params())

@@ -4,8 +4,9 @@ It is protected with the toolkit (`stepup.resource`) like any API would be: the 
 upstream token B is verified locally with the IdP's published keys (found through
 discovery); a payment needs an elevated token E, checked by RFC 7662 introspection at stepup
 (revocation bites at once), good for one request, and approved for this very payment: its
-RFC 9396 `payment_initiation` details must name the amount, currency and payee
-(`require_detail`), else the answer is a 403 challenge for a new approval.
+RFC 9396 `payment_initiation` details must name the amount, currency and payee, else the
+answer is a 403 challenge for a new approval. The payment is read first and handed to the
+guard (`ExpectedDetail`), so another payment is refused before the approval is spent.
 Every token must be DPoP-bound and come with a proof by its key (RFC 9449 §7): Bearer is
 refused outright, so a copied token is worth nothing without the key.
 """
@@ -38,13 +39,14 @@ from stepup.demo.policy import (
 )
 from stepup.resource import (
     AccessToken,
+    ExpectedDetail,
     Guard,
     ProtectedResource,
     Requirement,
     StepUpMiddleware,
     TrustedIssuer,
     access_token,
-    require_detail,
+    authorize,
     requires,
 )
 
@@ -109,7 +111,8 @@ def create_payments_api(
     app = Starlette(
         routes=[
             Route("/balance", requires(read)(api.balance), methods=["GET"]),
-            Route("/payments", requires(write)(api.create_payment), methods=["POST"]),
+            # Authorized inside, once the payment it is for has been read.
+            Route("/payments", api.create_payment, methods=["POST"]),
         ],
         middleware=[Middleware(StepUpMiddleware, guard=guard)],
         lifespan=lifespan,
@@ -184,10 +187,13 @@ class _PaymentsApi:
         )
 
     async def create_payment(self, request: Request) -> JSONResponse:
-        caller = access_token(request)
         try:
             amount, payee = await _read_payment(request)
-            self._check_transaction(caller, amount, payee)
+        except _Refusal as refusal:
+            return refusal.response()
+        # A refusal propagates to StepUpMiddleware, which answers it.
+        caller = await authorize(request, self.write, transaction=self._transaction(amount, payee))
+        try:
             payment = self._pay(caller, amount, payee)
         except _Refusal as refusal:
             return refusal.response()
@@ -200,13 +206,12 @@ class _PaymentsApi:
             headers={"Cache-Control": "no-store"},
         )
 
-    def _check_transaction(self, caller: AccessToken, amount: Decimal, payee: str) -> None:
+    def _transaction(self, amount: Decimal, payee: str) -> ExpectedDetail:
         # RFC 9396: the elevation was approved for one payment (amount, currency, payee) and
-        # is good for that one only; any other is answered with a challenge for a new one.
-        require_detail(
-            caller,
+        # is good for that one only; any other is answered with a challenge for a new one,
+        # checked by the guard before the single-use approval is spent.
+        return ExpectedDetail(
             PAYMENT_DETAILS_TYPE,
-            requirement=self.write,
             description="This payment is not the one that was approved",
             instructedAmount={"amount": amount, "currency": self.settings.currency},
             creditorName=payee,

@@ -9,11 +9,17 @@
 Tokens are checked locally against the issuer's JWKS, or by introspection where a route
 needs revocation to bite at once; refusals are RFC 6750 / RFC 9470 challenges pointing
 at the RFC 9728 metadata document the middleware serves. A route bound to one transaction
-checks the request against the approved RFC 9396 details with `require_detail`.
+hands it to the guard, `authorize(request, write, transaction=ExpectedDetail(...))`, which
+checks it against the approved RFC 9396 details before a single-use token is spent.
 """
 
 from stepup.resource.asgi import StepUpMiddleware, access_token, authorize, needs, requires
-from stepup.resource.details import InsufficientAuthorizationDetails, find_detail, require_detail
+from stepup.resource.details import (
+    ExpectedDetail,
+    InsufficientAuthorizationDetails,
+    find_detail,
+    require_detail,
+)
 from stepup.resource.guard import Guard, ProtectedResource, bearer_token, credentials
 from stepup.resource.levels import DEFAULT_LEVELS, LevelOrder
 from stepup.resource.refusals import (
@@ -34,6 +40,7 @@ __all__ = [
     "DEFAULT_LEVELS",
     "AccessToken",
     "Answer",
+    "ExpectedDetail",
     "Guard",
     "InsufficientAuthorizationDetails",
     "InsufficientScope",

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stepup.resource.details import ExpectedDetail
 from stepup.resource.guard import Guard
 from stepup.resource.refusals import InvalidRequest, Refusal
 from stepup.resource.requirement import Requirement
@@ -90,8 +91,13 @@ def _guard_of(request: Request) -> Guard:
     return guard
 
 
-async def authorize(request: Request, requirement: Requirement) -> AccessToken:
-    """The checked token for `request`, or raises `Refusal` (the middleware answers it)."""
+async def authorize(
+    request: Request, requirement: Requirement, *, transaction: ExpectedDetail | None = None
+) -> AccessToken:
+    """The checked token for `request`, or raises `Refusal` (the middleware answers it).
+
+    `transaction`: the RFC 9396 detail this request is (read from the request before this
+    call); a token approved for another one is refused before a single-use token is spent."""
     headers = request.headers.getlist("authorization")
     guard = _guard_of(request)
     if len(headers) > 1:
@@ -103,6 +109,7 @@ async def authorize(request: Request, requirement: Requirement) -> AccessToken:
         dpop=request.headers.getlist("dpop"),
         method=request.method,
         uri=guard.resource.request_uri(_target_path(request)),
+        transaction=transaction,
     )
     request.scope[TOKEN_KEY] = token
     return token

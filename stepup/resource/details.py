@@ -1,24 +1,29 @@
 """Transaction binding at the resource (RFC 9396): does the request being served match what
 the user approved in the token's `authorization_details`?
 
-    caller = access_token(request)
-    require_detail(caller, "payment_initiation", requirement=write,
-                   instructedAmount={"amount": amount, "currency": "EUR"}, creditorName=payee)
+    payment = ExpectedDetail("payment_initiation",
+                             instructedAmount={"amount": amount, "currency": "EUR"},
+                             creditorName=payee)
+    caller = await authorize(request, write, transaction=payment)
 
 Amounts compare as decimals ("500" is "500.00"), strings exactly, nested objects field by
 field, and an expected list is a subset of the approved one. A mismatch is a 403 challenge
-the client answers with a new step-up for this transaction.
+the client answers with a new step-up for this transaction. Handed to the guard, the check
+runs before a single-use token is spent; `require_detail` checks a token already accepted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from stepup.resource.refusals import Param, Refusal
 from stepup.resource.requirement import Requirement
 from stepup.resource.tokens import AccessToken
+
+_NOT_APPROVED = "This request is not the one that was approved"
 
 
 class InsufficientAuthorizationDetails(Refusal):
@@ -51,23 +56,59 @@ def find_detail(
     return None
 
 
+@dataclass(frozen=True, init=False)
+class ExpectedDetail:
+    """The transaction one request is: an approved detail of `detail_type` whose fields
+    match `expected` (compared as `find_detail` does).
+
+    Given to `authorize(..., transaction=...)`, the guard checks it wherever it checks the
+    route's requirement: before a single-use token is spent, and on the token as verified
+    or introspected. `description`: the `error_description` of the refusal.
+    """
+
+    detail_type: str
+    expected: Mapping[str, Any]
+    description: str
+
+    def __init__(
+        self, detail_type: str, /, *, description: str = _NOT_APPROVED, **expected: Any
+    ) -> None:
+        object.__setattr__(self, "detail_type", detail_type)
+        object.__setattr__(self, "expected", expected)
+        object.__setattr__(self, "description", description)
+
+    def approved_in(
+        self, token: AccessToken, requirement: Requirement | None = None
+    ) -> Mapping[str, Any]:
+        """The approved detail this request is within, or raises
+        `InsufficientAuthorizationDetails` carrying `requirement`'s step-up parameters."""
+        detail = find_detail(token, self.detail_type, self.expected)
+        if detail is not None:
+            return detail
+        params: list[Param] = requirement.step_up_params() if requirement is not None else []
+        raise InsufficientAuthorizationDetails(
+            self.description,
+            detail=f"no approved {self.detail_type!r} detail matches",
+            params=params,
+        )
+
+
 def require_detail(
     token: AccessToken,
     detail_type: str,
     /,
     *,
     requirement: Requirement | None = None,
-    description: str = "This request is not the one that was approved",
+    description: str = _NOT_APPROVED,
     **expected: Any,
 ) -> Mapping[str, Any]:
     """The approved detail this request is within, or raises `InsufficientAuthorizationDetails`
-    (the middleware answers it; outside one, `guard.answer(refusal)` renders it)."""
-    detail = find_detail(token, detail_type, expected)
-    if detail is not None:
-        return detail
-    params: list[Param] = requirement.step_up_params() if requirement is not None else []
-    raise InsufficientAuthorizationDetails(
-        description, detail=f"no approved {detail_type!r} detail matches", params=params
+    (the middleware answers it; outside one, `guard.answer(refusal)` renders it).
+
+    On a token the guard already accepted: a single-use one is spent by then, so a route
+    that knows its transaction before it authorizes gives the guard an `ExpectedDetail`."""
+    return ExpectedDetail(detail_type, description=description, **expected).approved_in(
+        token, requirement
     )
 
 

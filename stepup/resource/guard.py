@@ -14,6 +14,7 @@ import httpx
 
 from stepup import dpop
 from stepup.clock import Clock, SystemClock
+from stepup.resource.details import ExpectedDetail
 from stepup.resource.levels import DEFAULT_LEVELS, LevelOrder
 from stepup.resource.refusals import (
     Answer,
@@ -182,11 +183,14 @@ class Guard:
         dpop: Sequence[str] = (),
         method: str = "GET",
         uri: str | None = None,
+        transaction: ExpectedDetail | None = None,
     ) -> AccessToken:
         """The verified token if it meets `requirement`; otherwise raises a `Refusal`.
 
         `dpop`: the request's DPoP header values; `method` and `uri` (default: the resource
-        itself): the request being served, which a DPoP proof must name (RFC 9449 §4.3)."""
+        itself): the request being served, which a DPoP proof must name (RFC 9449 §4.3).
+        `transaction`: the RFC 9396 detail the request must be within, checked with the
+        requirement, so a token approved for another transaction is refused unspent."""
         scheme = None
         try:
             scheme, value = credentials(authorization)
@@ -197,10 +201,8 @@ class Guard:
             proof = None
             if scheme == "dpop":
                 proof = await self._proof(dpop, method, uri or self.resource.resource, value)
-            token = await self._verify(
-                value, requirement, _Proven(proof, self.proof_policy.replay_ttl, self._replay)
-            )
-            check(token, requirement, self.levels, self.clock.now(), self.resource.leeway)
+            proven = _Proven(proof, self.proof_policy.replay_ttl, self._replay)
+            token = await self._verify(value, requirement, transaction, proven)
         except MissingToken as refusal:
             # No error code (RFC 6750 §3.1), but the scope hint helps a client ask for it.
             missing = refusal
@@ -261,19 +263,35 @@ class Guard:
                 "Invalid DPoP key binding", detail=f"cnf.jkt {str(jkt)[:50]}, proof {proof.jkt}"
             )
 
-    async def _verify(self, token: str, requirement: Requirement, proven: _Proven) -> AccessToken:
+    async def _verify(
+        self,
+        token: str,
+        requirement: Requirement,
+        transaction: ExpectedDetail | None,
+        proven: _Proven,
+    ) -> AccessToken:
+        """The token, verified or introspected, and fit for this route: a token the route
+        refuses is refused before anything spends it (stepup's single use, or this process's)."""
         verifier = self.verifier
         proof = proven.proof
+
+        def usable(answer: AccessToken) -> None:
+            # On every introspection answer, before this process spends anything: an opaque
+            # token's binding and claims are known only from it.
+            self._check_binding(answer.claims, proof)
+            self._fits(answer, requirement, transaction, self.clock.now())
+
         if not requirement.introspect:
             checked = self._bound(await verifier.verify_jwt(token), proof)
             # The proof's jti is claimed only now, behind a verified signature: proofs made
             # with any token string cannot fill the (bounded) replay cache.
             await proven.claim()
+            # Before stepup is asked, which spends a single-use token: a route this token
+            # cannot satisfy refuses it first, so the client keeps its one use for a route
+            # it was made for.
+            self._fits(checked, requirement, transaction, self.clock.now())
             if checked.claims.get("single_use") is not True:
                 return checked
-            # Asking stepup spends it: a route this token cannot satisfy refuses it first,
-            # so the client keeps its one use for a route it was made for.
-            check(checked, requirement, self.levels, self.clock.now(), self.resource.leeway)
             # stepup marks the tokens its policy makes single use: only introspection
             # consumes one, so a signature check alone would accept it again and again.
             issuer = verifier.introspecting_issuer(token)
@@ -283,11 +301,7 @@ class Guard:
                     detail="single-use token, and its issuer cannot be asked",
                 )
             return await verifier.introspect(
-                token,
-                issuer,
-                max_staleness=0,
-                single_use=True,
-                check=lambda answer: self._check_binding(answer.claims, proof),
+                token, issuer, max_staleness=0, single_use=True, check=usable
             )
         issuer = verifier.introspecting_issuer(token)
         if issuer is None:
@@ -301,7 +315,8 @@ class Guard:
         # to: whoever presents it without that key (a thief, RFC 9449 §7.2) is refused before
         # the question, so they cannot burn the owner's one use. Its claims are unverified
         # here, but only ever refuse: a token edited to pass this fails at stepup unspent.
-        # The same for a route this token cannot satisfy (stepup marks its single-use tokens).
+        # The same for a route this token cannot satisfy, or a transaction it was not approved
+        # for (stepup marks its single-use tokens).
         parts = unverified_parts(token)
         if parts is not None:
             self._check_binding(parts[1], proof)
@@ -315,18 +330,29 @@ class Guard:
                     leeway=self.resource.leeway,
                     introspected=False,
                 )
-                check(claimed, requirement, self.levels, now, self.resource.leeway)
+                self._fits(claimed, requirement, transaction, now)
         # Before asking, so a replayed proof never reaches stepup (nor spends a token there).
         await proven.claim()
-        # `check` runs on the answer before this process spends anything: an opaque token's
-        # binding is known only from it.
         return await verifier.introspect(
             token,
             issuer,
             max_staleness=requirement.revocation_delay,
             single_use=requirement.single_use,
-            check=lambda answer: self._check_binding(answer.claims, proof),
+            check=usable,
         )
+
+    def _fits(
+        self,
+        token: AccessToken,
+        requirement: Requirement,
+        transaction: ExpectedDetail | None,
+        now: float,
+    ) -> None:
+        # Level, age and scope first: a token short of those needs a step-up whatever the
+        # transaction, and the refusal for another transaction names them all the same.
+        check(token, requirement, self.levels, now, self.resource.leeway)
+        if transaction is not None:
+            transaction.approved_in(token, requirement)
 
     def answer(self, refusal: Refusal) -> Answer:
         return refusal.answer(self.resource.realm, self.resource.metadata_url)

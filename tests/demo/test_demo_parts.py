@@ -368,6 +368,36 @@ async def test_api_refuses_a_payment_other_than_the_approved_one(
     assert balance.json()["balance"] == "1250.00"
 
 
+async def test_api_refuses_another_payment_without_using_up_the_approved_one(key: ECKey) -> None:
+    # The approval is single use (the API remembers it spent); the other payment is refused
+    # before it is spent, so the payment the user approved still goes through, once.
+    stepup = FakeStepup()
+    elevated = stepup.elevate("alice", authorization_details=[approved_payment("25.50", "Bob")])
+    async with payments_api(key, stepup=stepup.app()) as api:
+        other = await api.post(
+            "/payments",
+            json={"amount": "255.00", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
+        )
+        paid = await api.post(
+            "/payments",
+            json={"amount": "25.50", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
+        )
+        again = await api.post(
+            "/payments",
+            json={"amount": "25.50", "payee": "Bob"},
+            headers=dpop(elevated, "POST", "/payments"),
+        )
+    assert other.status_code == 403
+    assert other.json()["error"] == "insufficient_authorization_details"
+    assert other.headers["www-authenticate"].startswith("DPoP ")
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["balance"] == "1224.50"
+    assert again.status_code == 401
+    assert again.json()["error"] == "invalid_token"
+
+
 async def test_api_refuses_an_elevation_for_no_transaction(key: ECKey) -> None:
     stepup = FakeStepup()
     async with payments_api(key, stepup=stepup.app()) as api:
@@ -503,6 +533,8 @@ async def test_api_refuses_a_bad_amount(key: ECKey, amount: str) -> None:
         )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+    # The payment is read before the token is looked at: a malformed one spends nothing.
+    assert stepup.introspected_by == []
 
 
 # -- a stand-in for stepup, checking what the demo sends ------------------------------------

@@ -1,10 +1,13 @@
 """DPoP (RFC 9449), authorization details (RFC 9396) and single use in one flow: the seam
 where the features built apart meet. A token bound to the client's key, to one payment, and
 good for one request: intake with a proof and the details, the page, the exchange with a
-proof, a toolkit route with `require_detail` and DPoP, once only — live stepup, real Redis."""
+proof, a toolkit route handing the guard its payment (`ExpectedDetail`) with DPoP, once
+only; another payment, or a token edited to name it, spends nothing — live stepup, real
+Redis."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,14 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from stepup.config import ACR_MFA
-from stepup.resource import (
-    Guard,
-    Requirement,
-    StepUpMiddleware,
-    access_token,
-    require_detail,
-    requires,
-)
+from stepup.protocol.challenge import parse_www_authenticate, step_up_requirement
+from stepup.resource import ExpectedDetail, Guard, Requirement, StepUpMiddleware, authorize
 from tests.resource.apps import resource
 from tests.resource.conftest import Peers, bearer
 from tests.support.dpop import DPoPKey
@@ -53,17 +50,16 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 def paying_app(guard: Guard) -> Starlette:
     def route(requirement: Requirement) -> Any:
-        @requires(requirement)
         async def pay(request: Request) -> JSONResponse:
+            # The payment is read first, so the guard checks it before the token is spent.
             body = await request.json()
-            approved = require_detail(
-                access_token(request),
+            payment = ExpectedDetail(
                 PAYMENT,
-                requirement=requirement,
                 instructedAmount={"amount": Decimal(body["amount"]), "currency": body["currency"]},
                 creditorName=body["payee"],
             )
-            return JSONResponse({"approved": dict(approved)}, status_code=201)
+            caller = await authorize(request, requirement, transaction=payment)
+            return JSONResponse({"approved": dict(payment.approved_in(caller))}, status_code=201)
 
         return pay
 
@@ -171,3 +167,56 @@ async def test_the_stolen_token_neither_pays_nor_spends_the_owners_one_use(
     assert as_bearer.json()["error"] == other_key.json()["error"] == "invalid_token"
     # Neither thief spent it: the one use is still the owner's.
     assert owner.status_code == 201, owner.text
+
+
+APPROVED = {"amount": "500.00", "currency": "EUR", "payee": "Bob's Bikes"}
+OTHER = {"amount": "5000.00", "currency": "EUR", "payee": "Bob's Bikes"}
+
+
+async def test_another_payment_is_refused_unspent_and_the_approved_one_then_pays_once(
+    peers: Peers, mode: str
+) -> None:
+    stepup, key, path = peers.stepup, DPoPKey(), f"/pay/{mode}"
+    token = bound_transaction_token(stepup, key, payment("500.00"))
+    async with payments_api(peers) as api:
+        other = await api.post(path, json=OTHER, headers=dpop_call(token, key, stepup, path))
+        paid = await api.post(path, json=APPROVED, headers=dpop_call(token, key, stepup, path))
+        again = await api.post(path, json=APPROVED, headers=dpop_call(token, key, stepup, path))
+    assert other.status_code == 403, other.text
+    assert other.json()["error"] == "insufficient_authorization_details"
+    # In the scheme the client used (RFC 9449 §7.1), with what it takes to stepup for a new
+    # approval of this payment.
+    assert other.headers["www-authenticate"].startswith("DPoP ")
+    requirement = step_up_requirement(parse_www_authenticate(other.headers["www-authenticate"]))
+    assert requirement.error == "insufficient_authorization_details"
+    assert requirement.acr_values == (ACR_MFA,)
+    assert (requirement.max_age, requirement.scope) == (300, ("payments:write",))
+    # The refusal did not use up the approval: the payment approved still goes through, once.
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["approved"] == payment("500.00")
+    assert again.status_code == 401
+    assert again.json()["error"] == "invalid_token"
+
+
+def edited(token: str, **claims: Any) -> str:
+    """`token` with claims changed in its payload and its signature kept, so no longer valid."""
+    header, _, signature = token.split(".")
+    changed = claims_of(token) | claims
+    encoded = base64.urlsafe_b64encode(json.dumps(changed).encode()).rstrip(b"=").decode()
+    return f"{header}.{encoded}.{signature}"
+
+
+async def test_a_token_edited_to_name_another_payment_is_refused_and_spends_nothing(
+    peers: Peers, mode: str
+) -> None:
+    # The guard reads an introspected token's own claims before it asks stepup; an edit that
+    # makes them name this payment gets past that look, but never past the signature.
+    stepup, key, path = peers.stepup, DPoPKey(), f"/pay/{mode}"
+    token = bound_transaction_token(stepup, key, payment("500.00"))
+    forged = edited(token, authorization_details=[payment("5000.00")])
+    async with payments_api(peers) as api:
+        refused = await api.post(path, json=OTHER, headers=dpop_call(forged, key, stepup, path))
+        paid = await api.post(path, json=APPROVED, headers=dpop_call(token, key, stepup, path))
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"] == "invalid_token"
+    assert paid.status_code == 201, paid.text

@@ -1,7 +1,8 @@
 """A route bound to the transaction the user approved (RFC 9396), and single-use tokens, through
 the toolkit against a live stepup: the same payment passes, any other is a 403 challenge the
-client can take back to stepup; a single-use token passes once, locally checked or introspected,
-also when 50 requests race for it over two API instances."""
+client can take back to stepup (checked after the guard, `require_detail`, or by it,
+`ExpectedDetail`, which leaves a single-use token unspent); a single-use token passes once,
+locally checked or introspected, also when 50 requests race for it over two API instances."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from stepup.config import ACR_MFA, ACR_PHR
 from stepup.protocol.challenge import parse_www_authenticate, step_up_requirement
 from stepup.resource import (
+    ExpectedDetail,
     Guard,
     InsufficientAuthorizationDetails,
     ProtectedResource,
@@ -30,6 +32,7 @@ from stepup.resource import (
     StepUpMiddleware,
     TrustedIssuer,
     access_token,
+    authorize,
     find_detail,
     require_detail,
     requires,
@@ -49,6 +52,9 @@ WRITE_INTROSPECTED = Requirement("payments:write", acr=ACR_MFA, max_age=300, int
 ROUTES = {
     "/pay": WRITE,
     "/pay-introspected": WRITE_INTROSPECTED,
+    # The payment read first and handed to the guard (`ExpectedDetail`).
+    "/pay-first": WRITE,
+    "/pay-first-introspected": WRITE_INTROSPECTED,
     # Checked locally (JWKS): a single-use token must still be spent at stepup.
     "/audit": Requirement("audit:read"),
     "/audit-cached": Requirement("audit:read", introspect=True, revocation_delay=30),
@@ -76,6 +82,19 @@ def app(guard: Guard) -> Starlette:
 
         return pay
 
+    def paying_first(requirement: Requirement) -> Any:
+        async def pay(request: Request) -> JSONResponse:
+            body = await request.json()
+            payment = ExpectedDetail(
+                body.get("type", PAYMENT),
+                instructedAmount={"amount": Decimal(body["amount"]), "currency": body["currency"]},
+                creditorName=body["payee"],
+            )
+            caller = await authorize(request, requirement, transaction=payment)
+            return JSONResponse({"approved": dict(payment.approved_in(caller))}, status_code=201)
+
+        return pay
+
     def reading(requirement: Requirement) -> Any:
         @requires(requirement)
         async def read(request: Request) -> JSONResponse:
@@ -83,10 +102,12 @@ def app(guard: Guard) -> Starlette:
 
         return read
 
-    routes = [
-        Route(path, (paying if path.startswith("/pay") else reading)(r), methods=["POST"])
-        for path, r in ROUTES.items()
-    ]
+    def endpoint(path: str) -> Any:
+        if path.startswith("/pay-first"):
+            return paying_first
+        return paying if path.startswith("/pay") else reading
+
+    routes = [Route(path, endpoint(path)(r), methods=["POST"]) for path, r in ROUTES.items()]
     return Starlette(routes=routes, middleware=[Middleware(StepUpMiddleware, guard=guard)])
 
 
@@ -103,8 +124,12 @@ async def api(peers: Peers, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
     await guard.aclose()
 
 
-def approved_for(peers: Peers, *details: dict[str, Any], sub: str = "alice") -> str:
-    return elevated_token(peers.stepup, sub, authorization_details=json.dumps(list(details)))
+def approved_for(
+    peers: Peers, *details: dict[str, Any], sub: str = "alice", scope: str = "payments:write"
+) -> str:
+    return elevated_token(
+        peers.stepup, sub, authorization_details=json.dumps(list(details)), scope=scope
+    )
 
 
 def paying(amount: str, currency: str = "EUR", payee: str = "Bob's Bikes", **more: str) -> Any:
@@ -114,7 +139,10 @@ def paying(amount: str, currency: str = "EUR", payee: str = "Bob's Bikes", **mor
 # -- transaction binding -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/pay", "/pay-introspected"])
+PAYING = ["/pay", "/pay-introspected", "/pay-first", "/pay-first-introspected"]
+
+
+@pytest.mark.parametrize("path", PAYING)
 @pytest.mark.parametrize("amount", ["500.00", "500", "500.0"])
 async def test_the_approved_payment_passes(peers: Peers, path: str, amount: str) -> None:
     token = approved_for(peers, payment("500.00"))
@@ -150,7 +178,7 @@ OTHER = {
 
 
 @pytest.mark.parametrize("case", sorted(OTHER))
-@pytest.mark.parametrize("path", ["/pay", "/pay-introspected"])
+@pytest.mark.parametrize("path", PAYING)
 async def test_another_transaction_is_refused_with_a_challenge(
     peers: Peers, case: str, path: str
 ) -> None:
@@ -170,12 +198,31 @@ async def test_another_transaction_is_refused_with_a_challenge(
     assert (requirement.max_age, requirement.scope) == (300, ("payments:write",))
 
 
-async def test_a_token_approved_for_no_transaction_is_refused(peers: Peers) -> None:
+@pytest.mark.parametrize("path", PAYING)
+async def test_a_token_approved_for_no_transaction_is_refused(peers: Peers, path: str) -> None:
     token = elevated_token(peers.stepup)
     async with api(peers) as client:
-        response = await client.post("/pay", json=paying("500.00"), headers=bearer(token))
+        response = await client.post(path, json=paying("500.00"), headers=bearer(token))
     assert response.status_code == 403
     assert response.json()["error"] == "insufficient_authorization_details"
+
+
+@pytest.mark.parametrize("path", ["/pay-first", "/pay-first-introspected"])
+async def test_another_transaction_leaves_a_single_use_token_for_the_approved_one(
+    peers: Peers, path: str
+) -> None:
+    # audit:read makes the elevation single use: the guard refuses the other payment before
+    # stepup is asked, so the client can still make the one the user approved.
+    token = approved_for(peers, payment("500.00"), scope="payments:write audit:read")
+    async with api(peers) as client:
+        other = await client.post(path, json=paying("5000.00"), headers=bearer(token))
+        paid = await client.post(path, json=paying("500.00"), headers=bearer(token))
+        again = await client.post(path, json=paying("500.00"), headers=bearer(token))
+    assert other.status_code == 403, other.text
+    assert other.json()["error"] == "insufficient_authorization_details"
+    assert paid.status_code == 201, paid.text
+    assert again.status_code == 401
+    assert again.json()["error"] == "invalid_token"
 
 
 async def test_the_refusal_is_a_challenge_stepup_takes_for_the_new_transaction(

@@ -129,3 +129,17 @@ async def test_forged_token_on_an_introspecting_route_is_invalid(peers: Peers) -
         response = await api.post("/introspect", headers=bearer("not-a-token"))
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_token"
+
+
+async def test_a_single_use_route_the_token_does_not_satisfy_leaves_it_unspent_here(
+    peers: Peers,
+) -> None:
+    # payments:write is not single use at stepup: only the route's own memory spends it, and
+    # a route that refuses the token (here: audit:read missing) must not have spent it first.
+    token = elevated_token(peers.stepup)
+    async with protected(peers) as (api, _, _):
+        refused = await api.post("/once", headers=bearer(token))
+        used = await api.post("/once-here", headers=bearer(token))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "insufficient_scope"
+    assert used.status_code == 200, used.text
