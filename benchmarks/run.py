@@ -1,5 +1,11 @@
 """The benchmark run: for 1 and then 2 workers, the ceiling, stepup and the peer side by side,
-each endpoint measured `--runs` times in turn; then Redis memory; then one table of ratios."""
+each endpoint measured `--runs` times in turn; then Redis memory; then one table of ratios.
+
+A run during which the hypervisor took more than `--steal-limit` percent of a core (steal,
+from /proc/stat) measured the neighbours as much as the code: it is set aside and measured
+again, at most `--steal-retries` times, for every target alike (ceiling, stepup, peer). When
+every attempt was over the limit the one with the least steal counts. Set-aside runs stay in
+the JSON (`set_aside`) with their figures, and the report says how many there were."""
 
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ class Bench:
         self.pool_seconds = 2.5 * (args.seconds + args.warmup)
         self.memory: dict[str, Any] = {}
         self.notes: list[str] = []
+        # Runs measured again because of steal: (workers, target, the run set aside).
+        self.set_aside: list[tuple[int, str, Result]] = []
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -129,27 +137,51 @@ class Bench:
         warmup_env: dict[str, str] | None = None,
     ) -> Result:
         args = self.args
-        if warmup_env is not None:
-            load.wrk(server.url + path, script, args.warmup, warmup_env)
-        result = load.measure(
-            server,
-            redis_pid,
-            path,
-            script,
-            env,
-            seconds=args.seconds,
-            warmup=0 if warmup_env is not None else args.warmup,
-        )
-        self.results[workers][name].append(result)
+        attempts: list[Result] = []
+        # An exchange run spends its pool: it is measured again by `exchange`, on a new one.
+        tries = 1 if warmup_env is not None else 1 + args.steal_retries
+        for _ in range(tries):
+            if attempts:
+                self._report(attempts[-1], name, f", steal over {args.steal_limit:g} %: again")
+            if warmup_env is not None:
+                load.wrk(server.url + path, script, args.warmup, warmup_env)
+            attempts.append(
+                load.measure(
+                    server,
+                    redis_pid,
+                    path,
+                    script,
+                    env,
+                    seconds=args.seconds,
+                    warmup=0 if warmup_env is not None else args.warmup,
+                )
+            )
+            if not self.stolen(attempts[-1]):
+                break
+        result = self._keep_least_stolen(workers, name, attempts)
+        self._report(result, name, "")
+        return result
+
+    def _keep_least_stolen(self, workers: int, name: str, attempts: list[Result]) -> Result:
+        """The attempt with the least steal counts; the others are set aside."""
+        kept = min(attempts, key=lambda r: r.steal_cpu or 0.0)
+        self.set_aside.extend((workers, name, r) for r in attempts if r is not kept)
+        self.results[workers][name].append(kept)
+        return kept
+
+    def stolen(self, result: Result) -> bool:
+        """Whether the hypervisor took more of a core during the run than the limit allows."""
+        return result.steal_cpu is not None and result.steal_cpu > self.args.steal_limit
+
+    def _report(self, result: Result, name: str, after: str) -> None:
         note = f", {result.errors} errors" if result.errors else ""
         progress(
             f"  {name:<20} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"p99 {result.p99_ms:7.2f} ms  p99.9 {result.p999_ms:7.2f} ms  "
             f"cpu {result.server_cpu:5.1f}% redis {result.redis_cpu:4.1f}% "
             f"wrk {result.wrk_cpu or 0:4.1f}% steal {result.steal_cpu or 0:4.1f}% "
-            f"idle {result.idle_cpu or 0:5.1f}%{note}"
+            f"idle {result.idle_cpu or 0:5.1f}%{note}{after}"
         )
-        return result
 
     def stepup_round(self, workers: int, stepup: processes.Server) -> None:
         work = self.workdir
@@ -226,7 +258,9 @@ class Bench:
 
     def exchange(self, workers: int, stepup: processes.Server, client: str) -> None:
         args = self.args
-        for _attempt in range(2):
+        stolen: list[Result] = []
+        ran_out = 0
+        while ran_out < 2:
             pool, count = self.make_pool(stepup, self.pool_seconds)
             # The warm-up redeems the first part of the pool, the measured run the rest:
             # no code is ever sent twice.
@@ -253,12 +287,22 @@ class Bench:
             self.pool_seconds = min(args.pool_limit, max(3.0, needed / max(rate, 1.0)))
             if count >= args.pool_max * 0.98:
                 self.notes.append("the code pool hit --pool-max; raise it for longer runs")
-            if not result.extra.get("exhausted"):
-                return
-            progress(f"  pool ran out ({result.extra['exhausted']} requests): again, larger")
-            self.results[workers]["exchange"].pop()
-            self.pool_seconds = min(args.pool_limit, self.pool_seconds * 2)
-        self.notes.append(f"exchange with {workers} worker(s): the code pool ran out")
+            if result.extra.get("exhausted"):
+                progress(f"  pool ran out ({result.extra['exhausted']} requests): again, larger")
+                self.results[workers]["exchange"].pop()
+                self.pool_seconds = min(args.pool_limit, self.pool_seconds * 2)
+                ran_out += 1
+                continue
+            if not self.stolen(result) or len(stolen) >= args.steal_retries:
+                break
+            progress(f"  steal over {args.steal_limit:g} % of a core: again, on a new pool")
+            stolen.append(self.results[workers]["exchange"].pop())
+        else:
+            self.notes.append(f"exchange with {workers} worker(s): the code pool ran out")
+            return
+        if stolen:
+            last = self.results[workers]["exchange"].pop()
+            self._keep_least_stolen(workers, "exchange", [*stolen, last])
 
     def peer_round(self, workers: int, peer: processes.Server) -> None:
         work = self.workdir
@@ -413,6 +457,10 @@ def summarize(bench: Bench) -> dict[str, Any]:
         "targets": _targets(table, ratios, scaling, bench.memory),
         "memory": bench.memory,
         "notes": bench.notes,
+        "set_aside": [
+            {"workers": workers, "target": name, **run.as_dict()}
+            for workers, name, run in bench.set_aside
+        ],
     }
 
 
@@ -532,6 +580,12 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     for item in summary["targets"]:
         mark = {True: "met   ", False: "MISSED", None: "n/a   "}[item["met"]]
         lines.append(f"  {mark} {item['target']}: {_fmt(item['value'])}")
+    aside = summary.get("set_aside", [])
+    if aside:
+        named = ", ".join(
+            f"{run['target']}@{run['workers']} ({run['steal_cpu']:.0f} %)" for run in aside
+        )
+        lines.append(f"set aside for steal and measured again: {len(aside)} run(s): {named}")
     for note in summary["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -544,6 +598,9 @@ def rerender(saved: dict[str, Any]) -> str:
         bench.results[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
     bench.memory = saved.get("memory", {})
     bench.notes = saved.get("notes", [])
+    for run in saved.get("set_aside", []):
+        fields = {k: v for k, v in run.items() if k not in ("workers", "target")}
+        bench.set_aside.append((run["workers"], run["target"], Result(**fields)))
     summary = summarize(bench)
     summary["machine"] = saved["machine"]
     return render(summary, saved["settings"])
@@ -559,6 +616,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=100_000, help="elevated tokens for memory")
     parser.add_argument("--pool-max", type=int, default=80_000, help="codes per pool at most")
     parser.add_argument("--pool-limit", type=float, default=60.0, help="seconds to make a pool")
+    parser.add_argument(
+        "--steal-limit",
+        type=float,
+        default=5.0,
+        help="percent of a core the hypervisor may take during a run before it is repeated",
+    )
+    parser.add_argument(
+        "--steal-retries", type=int, default=2, help="repeats of a run over the steal limit"
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip oidc-provider")
     parser.add_argument("--only", help="stepup targets to run, e.g. introspection,jwks")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
