@@ -140,34 +140,26 @@ class Bench:
         attempts: list[Result] = []
         # An exchange run spends its pool: it is measured again by `exchange`, on a new one.
         tries = 1 if warmup_env is not None else 1 + args.steal_retries
-        for _ in range(tries):
-            if attempts:
-                self._report(attempts[-1], name, f", steal over {args.steal_limit:g} %: again")
+        for attempt in range(tries):
             if warmup_env is not None:
                 load.wrk(server.url + path, script, args.warmup, warmup_env)
-            attempts.append(
-                load.measure(
-                    server,
-                    redis_pid,
-                    path,
-                    script,
-                    env,
-                    seconds=args.seconds,
-                    warmup=0 if warmup_env is not None else args.warmup,
-                )
+            result = load.measure(
+                server,
+                redis_pid,
+                path,
+                script,
+                env,
+                seconds=args.seconds,
+                warmup=0 if warmup_env is not None else args.warmup,
             )
-            if not self.stolen(attempts[-1]):
+            attempts.append(result)
+            again = self.stolen(result) and attempt + 1 < tries
+            self._report(
+                result, name, f", steal over {args.steal_limit:g} %: again" if again else ""
+            )
+            if not again:
                 break
-        result = self._keep_least_stolen(workers, name, attempts)
-        self._report(result, name, "")
-        return result
-
-    def _keep_least_stolen(self, workers: int, name: str, attempts: list[Result]) -> Result:
-        """The attempt with the least steal counts; the others are set aside."""
-        kept = min(attempts, key=lambda r: r.steal_cpu or 0.0)
-        self.set_aside.extend((workers, name, r) for r in attempts if r is not kept)
-        self.results[workers][name].append(kept)
-        return kept
+        return self._keep_least_stolen(workers, name, attempts)
 
     def stolen(self, result: Result) -> bool:
         """Whether the hypervisor took more of a core during the run than the limit allows."""
@@ -182,6 +174,15 @@ class Bench:
             f"wrk {result.wrk_cpu or 0:4.1f}% steal {result.steal_cpu or 0:4.1f}% "
             f"idle {result.idle_cpu or 0:5.1f}%{note}{after}"
         )
+
+    def _keep_least_stolen(self, workers: int, name: str, attempts: list[Result]) -> Result:
+        """The attempt with the least steal counts; the others are set aside."""
+        kept = min(attempts, key=lambda r: r.steal_cpu or 0.0)
+        self.set_aside.extend((workers, name, r) for r in attempts if r is not kept)
+        self.results[workers][name].append(kept)
+        if kept is not attempts[-1]:
+            progress(f"  {name}: the attempt with the least steal counts ({kept.rps:,.0f} req/s)")
+        return kept
 
     def stepup_round(self, workers: int, stepup: processes.Server) -> None:
         work = self.workdir
@@ -258,9 +259,10 @@ class Bench:
 
     def exchange(self, workers: int, stepup: processes.Server, client: str) -> None:
         args = self.args
-        stolen: list[Result] = []
+        attempts: list[Result] = []  # runs that had codes to the end
+        fastest = 0.0
         ran_out = 0
-        while ran_out < 2:
+        while True:
             pool, count = self.make_pool(stepup, self.pool_seconds)
             # The warm-up redeems the first part of the pool, the measured run the rest:
             # no code is ever sent twice.
@@ -282,27 +284,30 @@ class Bench:
                 redis_pid=self.stepup_redis.pid,
                 warmup_env={**common, "BENCH_POOL_FILE": str(self.workdir / "pool-warm.tsv")},
             )
+            # Decided below, with the other attempts.
+            self.results[workers]["exchange"].pop()
+            # Sized for the fastest run yet: a slow (stolen) run must not shrink the next pool.
+            fastest = max(fastest, result.rps)
             rate = count / self.pool_seconds
-            needed = result.rps * (args.seconds + args.warmup) * 1.4
+            needed = fastest * (args.seconds + args.warmup) * 1.4
             self.pool_seconds = min(args.pool_limit, max(3.0, needed / max(rate, 1.0)))
             if count >= args.pool_max * 0.98:
                 self.notes.append("the code pool hit --pool-max; raise it for longer runs")
             if result.extra.get("exhausted"):
-                progress(f"  pool ran out ({result.extra['exhausted']} requests): again, larger")
-                self.results[workers]["exchange"].pop()
-                self.pool_seconds = min(args.pool_limit, self.pool_seconds * 2)
                 ran_out += 1
+                if ran_out >= 2:
+                    break
+                progress(f"  pool ran out ({result.extra['exhausted']} requests): again, larger")
+                self.pool_seconds = min(args.pool_limit, self.pool_seconds * 2)
                 continue
-            if not self.stolen(result) or len(stolen) >= args.steal_retries:
+            attempts.append(result)
+            if not self.stolen(result) or len(attempts) > args.steal_retries:
                 break
             progress(f"  steal over {args.steal_limit:g} % of a core: again, on a new pool")
-            stolen.append(self.results[workers]["exchange"].pop())
-        else:
+        if not attempts:
             self.notes.append(f"exchange with {workers} worker(s): the code pool ran out")
             return
-        if stolen:
-            last = self.results[workers]["exchange"].pop()
-            self._keep_least_stolen(workers, "exchange", [*stolen, last])
+        self._keep_least_stolen(workers, "exchange", attempts)
 
     def peer_round(self, workers: int, peer: processes.Server) -> None:
         work = self.workdir

@@ -164,3 +164,42 @@ def test_the_report_and_the_json_say_what_was_set_aside(
     # A saved run renders again the same, set-aside runs included.
     saved = json.loads(json.dumps({**summary, "settings": settings}, default=str))
     assert run.rerender(saved) == text
+
+
+def test_a_stolen_exchange_run_is_kept_when_its_repeat_runs_out_of_codes(
+    tmp_path: Path, measured: list[Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen in a real run: a stolen run (60 % steal), then two repeats whose pools ran out.
+    # The stolen run is still a measurement; nothing at all would be worse.
+    b = bench(tmp_path)
+    pool = tmp_path / "pool.tsv"
+    pool.write_text("code\tverifier\n")
+    monkeypatch.setattr(b, "make_pool", lambda stepup, seconds: (pool, 1))
+    monkeypatch.setattr(b, "stepup_redis", SimpleNamespace(pid=None), raising=False)
+    measured.extend(
+        [result(60.7, rps=1497), result(1.0, exhausted=4495), result(1.0, exhausted=3000)]
+    )
+    b.exchange(1, _Server(), "Basic x")  # type: ignore[arg-type]
+    assert [r.rps for r in b.results[1]["exchange"]] == [1497]
+    assert b.set_aside == []
+
+
+def test_a_slow_stolen_exchange_run_does_not_shrink_the_next_pool(
+    tmp_path: Path, measured: list[Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = bench(tmp_path, pool_limit=10_000.0)
+    asked: list[float] = []
+
+    def make_pool(stepup: object, seconds: float) -> tuple[Path, int]:
+        asked.append(seconds)
+        pool = tmp_path / "pool.tsv"
+        pool.write_text("code\tverifier\n")
+        return pool, int(seconds * 1000)  # 1,000 codes a second
+
+    monkeypatch.setattr(b, "make_pool", make_pool)
+    monkeypatch.setattr(b, "stepup_redis", SimpleNamespace(pid=None), raising=False)
+    measured.extend([result(20.0, rps=3000), result(30.0, rps=1000), result(1.0, rps=2900)])
+    b.exchange(1, _Server(), "Basic x")  # type: ignore[arg-type]
+    # 3,000 exchanges/s for 12 s, with 40 % to spare, at 1,000 codes/s: 50.4 s, twice.
+    assert asked[1:] == [pytest.approx(50.4), pytest.approx(50.4)]
+    assert [r.rps for r in b.results[1]["exchange"]] == [2900]
