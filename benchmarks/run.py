@@ -134,32 +134,46 @@ class Bench:
         *,
         script: str = "fixed.lua",
         redis_pid: int | None = None,
-        warmup_env: dict[str, str] | None = None,
     ) -> Result:
-        args = self.args
+        """One target measured; a run over the steal limit is measured again (the attempt with
+        the least steal counts)."""
         attempts: list[Result] = []
-        # An exchange run spends its pool: it is measured again by `exchange`, on a new one.
-        tries = 1 if warmup_env is not None else 1 + args.steal_retries
-        for attempt in range(tries):
-            if warmup_env is not None:
-                load.wrk(server.url + path, script, args.warmup, warmup_env)
-            result = load.measure(
-                server,
-                redis_pid,
-                path,
-                script,
-                env,
-                seconds=args.seconds,
-                warmup=0 if warmup_env is not None else args.warmup,
+        for _ in range(1 + self.args.steal_retries):
+            attempts.append(
+                self._measure(name, server, path, env, script=script, redis_pid=redis_pid)
             )
-            attempts.append(result)
-            again = self.stolen(result) and attempt + 1 < tries
-            self._report(
-                result, name, f", steal over {args.steal_limit:g} %: again" if again else ""
-            )
-            if not again:
+            if not self.stolen(attempts[-1]):
                 break
         return self._keep_least_stolen(workers, name, attempts)
+
+    def _measure(
+        self,
+        name: str,
+        server: processes.Server,
+        path: str,
+        env: dict[str, str],
+        *,
+        script: str,
+        redis_pid: int | None,
+        warmup_env: dict[str, str] | None = None,
+    ) -> Result:
+        """One measured run, printed. `warmup_env`: the warm-up's own environment (the
+        exchange's warm-up redeems other codes than the run)."""
+        args = self.args
+        if warmup_env is not None:
+            load.wrk(server.url + path, script, args.warmup, warmup_env)
+        result = load.measure(
+            server,
+            redis_pid,
+            path,
+            script,
+            env,
+            seconds=args.seconds,
+            warmup=0 if warmup_env is not None else args.warmup,
+        )
+        again = f", steal over {args.steal_limit:g} %" if self.stolen(result) else ""
+        self._report(result, name, again)
+        return result
 
     def stolen(self, result: Result) -> bool:
         """Whether the hypervisor took more of a core during the run than the limit allows."""
@@ -274,8 +288,8 @@ class Bench:
                 "BENCH_BODY_FILE": str(self.workdir / "exchange.form"),
                 "BENCH_AUTHORIZATION": client,
             }
-            result = self.record(
-                workers,
+            # Measured once per pool: a code is never sent twice.
+            result = self._measure(
                 "exchange",
                 stepup,
                 "/token",
@@ -284,8 +298,6 @@ class Bench:
                 redis_pid=self.stepup_redis.pid,
                 warmup_env={**common, "BENCH_POOL_FILE": str(self.workdir / "pool-warm.tsv")},
             )
-            # Decided below, with the other attempts.
-            self.results[workers]["exchange"].pop()
             # Sized for the fastest run yet: a slow (stolen) run must not shrink the next pool.
             fastest = max(fastest, result.rps)
             rate = count / self.pool_seconds
@@ -549,8 +561,8 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         lines.append(
             f"| {row['target']} | {row['workers']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'])} | "
             f"{_fmt(row['p99_ms'])} | {_fmt(row['p999_ms'])} | {_fmt(row['server_cpu'], 0)} | "
-            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row.get('wrk_cpu'), 0)} | "
-            f"{_fmt(row.get('steal_cpu'), 0)} | {_fmt(row.get('idle_cpu'), 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
+            f"{_fmt(row['redis_cpu'], 0)} | {_fmt(row['wrk_cpu'], 0)} | "
+            f"{_fmt(row['steal_cpu'], 0)} | {_fmt(row['idle_cpu'], 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
             f"{_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
         )
     lines += [
