@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stepup.audit import Audit
 from stepup.clock import Clock
@@ -11,6 +11,7 @@ from stepup.dpop import Nonces
 from stepup.factors.verify import Verifier
 from stepup.policy import Policy
 from stepup.protocol.client_auth import RememberedHeaders
+from stepup.protocol.introspection import Answers
 from stepup.protocol.subject import SubjectValidator
 from stepup.sealing import Sealer
 from stepup.signing import SigningKeys
@@ -35,6 +36,8 @@ class Services:
     # Basic headers that authenticated under `config`: this app's, checked in full again
     # when `config` is replaced.
     remembered_headers: RememberedHeaders
+    # Introspection answers by the record's bytes (protocol/introspection.py): this app's.
+    answers: Answers = field(default_factory=Answers)
 
     def now(self) -> int:
         return int(self.clock.now())

@@ -6,15 +6,53 @@ The Redis record decides: a revoked or lost record reads as inactive (fail close
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from stepup import models
 from stepup.config import ResourceServer
 from stepup.errors import InvalidRequest
 from stepup.models import Elevation
-from stepup.services import Services
 
-INACTIVE: dict[str, Any] = {"active": False}
+if TYPE_CHECKING:
+    from stepup.services import Services
+
+INACTIVE = orjson.dumps({"active": False})
+# How many records' answers each app remembers (about 1.5 KiB each).
+ANSWERS_SIZE = 4096
+
+
+class Answers:
+    """The active answer of each recently introspected record, by the record's bytes: the
+    parsed record and its JSON answer, which depend on those bytes alone. A resource server
+    introspects the same token on every call; a hit saves parsing the record and writing the
+    answer. Everything that can change is still decided per request: whether the record is
+    there at all (Redis, every time), `exp` against the clock, the audience against the
+    asking server, and a single-use token's consumption. A revoked token has no record, a
+    changed record other bytes, so neither finds an old answer. Each app owns one
+    (Services.answers); the entries are only read."""
+
+    def __init__(self, size: int = ANSWERS_SIZE) -> None:
+        self._size = size
+        self._found: OrderedDict[bytes, tuple[Elevation, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def of(self, record: bytes) -> tuple[Elevation, bytes]:
+        found = self._found.get(record)
+        if found is not None:
+            self._found.move_to_end(record)
+            return found
+        elevation = models.load(Elevation, record)
+        found = (elevation, orjson.dumps(active_answer(elevation)))
+        self._found[record] = found
+        if len(self._found) > self._size:
+            self._found.popitem(last=False)  # least recently used
+        return found
 
 
 async def find_elevation(services: Services, token: str) -> Elevation | None:
@@ -28,17 +66,17 @@ async def find_elevation(services: Services, token: str) -> Elevation | None:
     return elevation
 
 
-async def introspect(
-    services: Services, server: ResourceServer, form: Mapping[str, str]
-) -> dict[str, Any]:
+async def introspect(services: Services, server: ResourceServer, form: Mapping[str, str]) -> bytes:
+    """The JSON answer."""
     token = form.get("token")
     if not token:
         raise InvalidRequest("token is required")
-    elevation = await find_elevation(services, token)
+    found = await _live(services, token)
     # A resource server learns only about tokens meant for it.
-    if elevation is None or elevation.aud not in server.resources:
+    if found is None or found[0].aud not in server.resources:
         services.audit.record("token.introspected", "inactive", server=server.id)
         return INACTIVE
+    elevation, answer = found
     # A single-use token is consumed atomically: of racing introspections one sees it active.
     if elevation.single_use and await services.store.consume_elevation(elevation.jti) is None:
         return INACTIVE
@@ -49,6 +87,24 @@ async def introspect(
         jti=elevation.jti,
         consumed=elevation.single_use or None,
     )
+    return answer
+
+
+async def _live(services: Services, token: str) -> tuple[Elevation, bytes] | None:
+    # As find_elevation, through the app's remembered answers.
+    claims = services.signing.verify(token)
+    if claims is None or not isinstance(claims.get("jti"), str):
+        return None
+    record = await services.store.elevation_record(claims["jti"])
+    if record is None:
+        return None
+    found = services.answers.of(record)
+    if services.now() >= found[0].exp:
+        return None
+    return found
+
+
+def active_answer(elevation: Elevation) -> dict[str, Any]:
     body: dict[str, Any] = {
         "active": True,
         "iss": elevation.iss,

@@ -321,6 +321,11 @@ class RedisStore:
     async def elevation(self, jti: str) -> Elevation | None:
         return await self.get(keys.elevation(jti), Elevation)
 
+    async def elevation_record(self, jti: str) -> bytes | None:
+        """The token's record as stored (introspection reads it through its answers)."""
+        raw = await self.execute("GET", keys.elevation(jti))
+        return None if raw is None else bytes(raw)
+
     async def consume_elevation(self, jti: str) -> Elevation | None:
         return await self.take(keys.elevation(jti), Elevation)
 

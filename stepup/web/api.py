@@ -29,6 +29,7 @@ from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.forms import first_header, read_form
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_NO_STORE_RAW = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 _log_detail = logging.getLogger("stepup.errors")
 
 
@@ -166,7 +167,10 @@ async def introspect(request: Request, services: Services) -> Response:
     form = await read_form(request)
     server = _caller(request, services, form, "resource_server")
     assert isinstance(server, ResourceServer)
-    return JSONResponse(await introspection.introspect(services, server, form), headers=NO_STORE)
+    answer = await introspection.introspect(services, server, form)
+    response = Response(answer, media_type="application/json")
+    response.raw_headers += _NO_STORE_RAW
+    return response
 
 
 @endpoint

@@ -246,6 +246,20 @@ def test_introspection_during_an_outage_is_503_not_inactive_or_active(
     assert is_active(live, token)
 
 
+def test_a_remembered_introspection_answer_is_not_given_during_an_outage(
+    live: Stepup, redis_proc: RedisProcess
+) -> None:
+    # Introspected once, its answer is remembered; without Redis to say the record is still
+    # there, that answer is not given.
+    secret = enrol(live)
+    token = exchange(live, *prove(live, secret))
+    assert is_active(live, token)
+    with outage(redis_proc):
+        refused = live.introspect(token)
+    assert_json_unavailable(refused)
+    assert is_active(live, token)
+
+
 def test_revocation_during_an_outage_is_503_so_the_client_retries(
     live: Stepup, redis_proc: RedisProcess
 ) -> None:

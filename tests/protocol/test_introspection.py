@@ -175,6 +175,38 @@ def test_revoked_token_is_inactive_at_once(stepup: Stepup) -> None:
     assert_inactive(stepup.introspect(token))
 
 
+# --- remembered answers (introspection.Answers) ---------------------------------------
+# A token introspected once has its answer remembered by the record's bytes; what can change
+# is still decided on every call.
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_a_remembered_answer_still_expires(stepup: Stepup, offset: int) -> None:
+    token, _ = elevated(stepup)
+    exp = claims_of(token)["exp"]
+    stepup.clock.set(exp - 1)
+    assert is_active(stepup, token)
+    stepup.clock.set(exp + offset)
+    assert_inactive(stepup.introspect(token))
+
+
+def test_a_remembered_answer_is_not_shown_to_another_resource_server(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    assert is_active(stepup, token)
+    assert_inactive(stepup.introspect(token, auth=(OTHER_RS_ID, OTHER_RS_SECRET)))
+    assert is_active(stepup, token)
+
+
+def test_a_remembered_answer_is_the_same_answer(stepup: Stepup) -> None:
+    token, _ = elevated(stepup)
+    first, second = stepup.introspect(token), stepup.introspect(token)
+    assert first.content == second.content
+    assert first.json()["jti"] == claims_of(token)["jti"]
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["cache-control"] == "no-store"
+    assert first.headers["pragma"] == "no-cache"
+
+
 # --- single use ---------------------------------------------------------------------
 
 
