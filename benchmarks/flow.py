@@ -20,7 +20,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from stepup.audit import AuditKeys
-from stepup.config import hash_secret
+from stepup.config import Limits, hash_secret
 from stepup.sealing import new_key_line
 from stepup.signing import write_new_key_file
 
@@ -31,6 +31,9 @@ CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-client-secret-0123456789abcdef
 RS_ID, RS_SECRET = "bench-rs", "bench-rs-secret-0123456789abcdefgh"
 SUBJECT = "bench-user"
 SCOPE = "payments:write"
+# The policy sets no limits.max_token_lifetime: the default, which is how long a redeemed
+# code's spent marker is kept.
+MAX_TOKEN_LIFETIME = Limits().max_token_lifetime
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 # The raw WWW-Authenticate value a resource server sends (RFC 9470), as a client forwards it.

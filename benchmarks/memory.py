@@ -14,8 +14,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from stepup import models
-from stepup.models import Elevation, PendingRequest
+from stepup.models import Elevation, Grant, PendingRequest
 from stepup.storage import keys as store_keys
+from stepup.storage.elevations import RedisElevationIndex
 from stepup.storage.redis import RedisStore
 
 Progress = Callable[[str], None]
@@ -109,6 +110,85 @@ async def elevations(url: str, count: int, progress: Progress) -> dict[str, Any]
         }
     finally:
         await store.close()  # the client and the store's multiplexed connection
+
+
+async def footprint(
+    url: str, count: int, progress: Progress, *, remember: int, one_subject: bool
+) -> dict[str, Any]:
+    """All that an issued token keeps in Redis while it is active, not only its record: the
+    exchange's own writes, by stepup's own store code, `count` times. Each token's code is
+    stored as the verification page stores it, then redeemed (the code goes; the spent marker
+    that lets a replay revoke the token stays for `remember` seconds), then indexed under its
+    subject and recorded (`track_and_record`). `one_subject`: every token for one subject (as
+    in the load runs), else a subject each. The used_memory delta per token, in total and per
+    step (the marker; the record with its index entries)."""
+    client = _client(url)
+    store = RedisStore(client)
+    index = RedisElevationIndex(client, store)
+    try:
+        real_keys = await _keys(client, "stepup:tok:*", 1)
+        if not real_keys:
+            raise RuntimeError("no elevated token in Redis: did the exchange run issue any?")
+        raw = await client.get(real_keys[0])
+        if raw is None:
+            raise RuntimeError("the elevated token found expired meanwhile")
+        template = models.load(Elevation, raw)
+        now = int(time.time())
+        ttl = max(60, template.exp - now)
+        grant = Grant(
+            client_id=template.client_id,
+            issuer="https://upstream.bench.example",
+            sub=template.sub,
+            subject_exp=now + 3600,
+            redirect_uri="https://bank.bench.example/callback",
+            code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            scopes=template.scope.split(),
+            resource=template.aud,
+            acr=template.acr,
+            amr=list(template.amr),
+            auth_time=template.auth_time,
+        )
+        shared = "bench-footprint-" + secrets.token_hex(8)
+
+        def subject() -> str:
+            return shared if one_subject else "bench-footprint-" + secrets.token_hex(16)
+
+        async def redeem(code: str, jti: str, who: str) -> None:
+            await store.put(store_keys.code(code), grant, 60)
+            found, _, _ = await store.redeem_code_of(code, jti, remember, who)
+            if found is None:
+                raise RuntimeError("a stored code did not redeem")
+
+        async def record(elevation: Elevation, who: str) -> None:
+            if not await index.track_and_record(who, elevation, ttl, now, remember):
+                raise RuntimeError("track_and_record refused a fresh jti")
+
+        tokens = [
+            (secrets.token_urlsafe(32), dataclasses.replace(template, jti=jti), subject())
+            for jti in (secrets.token_urlsafe(24) for _ in range(count))
+        ]
+        # In two passes over the same tokens, so each step's share can be read apart.
+        start_bytes = await _used_memory(client)
+        for start in range(0, count, BATCH):
+            part = tokens[start : start + BATCH]
+            await asyncio.gather(*(redeem(code, e.jti, who) for code, e, who in part))
+        redeemed_bytes = await _used_memory(client)
+        for start in range(0, count, BATCH):
+            part = tokens[start : start + BATCH]
+            await asyncio.gather(*(record(e, who) for _, e, who in part))
+        end_bytes = await _used_memory(client)
+        progress(
+            f"  {count:,} tokens issued by the exchange's writes ({'one subject' if one_subject else 'a subject each'})"
+        )
+        return {
+            "count": count,
+            "one_subject": one_subject,
+            "used_memory_per_token_bytes": round((end_bytes - start_bytes) / count, 1),
+            "spent_marker_bytes": round((redeemed_bytes - start_bytes) / count, 1),
+            "record_and_index_bytes": round((end_bytes - redeemed_bytes) / count, 1),
+        }
+    finally:
+        await store.close()
 
 
 async def pending_requests(url: str) -> dict[str, Any]:

@@ -366,6 +366,20 @@ class Bench:
         self.memory["elevated_token"] = asyncio.run(
             memory.elevations(self.stepup_redis.url, self.args.tokens, progress)
         )
+        count = max(1, self.args.tokens // 5)
+        progress(f"Redis memory: all of a token's keys, {count:,} tokens, one subject then many")
+        self.memory["token_footprint"] = [
+            asyncio.run(
+                memory.footprint(
+                    self.stepup_redis.url,
+                    count,
+                    progress,
+                    remember=flow.MAX_TOKEN_LIFETIME,
+                    one_subject=one,
+                )
+            )
+            for one in (True, False)
+        ]
 
     def close(self) -> None:
         self.stepup_redis.stop()
@@ -586,6 +600,13 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
             f"Redis per active elevated token: {tok['memory_usage_mean_bytes']} B (MEMORY USAGE, "
             f"mean of {tok['count']:,}); {tok['used_memory_delta_per_token_bytes']} B of used_memory "
             f"per token; record JSON {tok['record_json_bytes']} B"
+        )
+    for shape in mem.get("token_footprint", []):
+        lines.append(
+            f"Redis per active token, all its keys ({'one subject' if shape['one_subject'] else 'a subject each'}, "
+            f"{shape['count']:,} tokens): {shape['used_memory_per_token_bytes']} B of used_memory "
+            f"(spent-code marker {shape['spent_marker_bytes']} B, record with its index entries "
+            f"{shape['record_and_index_bytes']} B)"
         )
     if mem.get("pending_request", {}).get("memory_usage_mean_bytes"):
         pend = mem["pending_request"]

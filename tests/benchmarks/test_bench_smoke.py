@@ -119,6 +119,28 @@ def test_code_pool_comes_from_the_real_flow_and_each_code_redeems_once(
 
     mem = asyncio.run(memory.elevations(str(server_redis_url(server)), 50, lambda _: None))
     assert mem["count"] == 50 and 0 < mem["memory_usage_mean_bytes"] < 2048
+    # All of a token's keys: more than its record, by a spent marker and index entries.
+    url = str(server_redis_url(server))
+    with redis.Redis.from_url(url) as client:
+        tokens_before = len(list(client.scan_iter("stepup:tok:*")))
+        markers_before = len(list(client.scan_iter("stepup:*:spent")))
+        codes_before = len(list(client.scan_iter("stepup:*:code")))
+    shapes = [
+        asyncio.run(memory.footprint(url, 200, lambda _: None, remember=900, one_subject=one))
+        for one in (True, False)
+    ]
+    with redis.Redis.from_url(url) as client:
+        assert len(list(client.scan_iter("stepup:tok:*"))) == tokens_before + 400
+        assert len(list(client.scan_iter("stepup:*:spent"))) == markers_before + 400
+        # every code it stored was redeemed: none is left
+        assert len(list(client.scan_iter("stepup:*:code"))) == codes_before
+        assert 0 < client.ttl(next(client.scan_iter("stepup:*:spent"))) <= 900
+    for shape in shapes:
+        assert shape["count"] == 200
+        assert shape["spent_marker_bytes"] > 0
+        assert shape["record_and_index_bytes"] > mem["memory_usage_mean_bytes"] / 2
+        total = shape["spent_marker_bytes"] + shape["record_and_index_bytes"]
+        assert abs(shape["used_memory_per_token_bytes"] - total) <= 1
 
 
 def server_redis_url(server: processes.Server) -> str:
