@@ -71,14 +71,16 @@ async def introspect(services: Services, server: ResourceServer, form: Mapping[s
     token = form.get("token")
     if not token:
         raise InvalidRequest("token is required")
-    found = await _live(services, token)
+    found = await _live(services, server, token)
     # A resource server learns only about tokens meant for it.
     if found is None or found[0].aud not in server.resources:
         services.audit.record("token.introspected", "inactive", server=server.id)
         return INACTIVE
-    elevation, answer = found
+    elevation, answer, taken = found
     # A single-use token is consumed atomically: of racing introspections one sees it active.
-    if elevation.single_use and await services.store.consume_elevation(elevation.jti) is None:
+    # (_live took it already when its claims said so; this is for a record that says so alone.)
+    consume = elevation.single_use and not taken
+    if consume and await services.store.consume_elevation(elevation.jti) is None:
         return INACTIVE
     services.audit.record(
         "token.introspected",
@@ -90,18 +92,30 @@ async def introspect(services: Services, server: ResourceServer, form: Mapping[s
     return answer
 
 
-async def _live(services: Services, token: str) -> tuple[Elevation, bytes] | None:
-    # As find_elevation, through the app's remembered answers.
+async def _live(
+    services: Services, server: ResourceServer, token: str
+) -> tuple[Elevation, bytes, bool] | None:
+    """As find_elevation: the record with its answer, and whether it was taken (consumed)."""
     claims = services.signing.verify(token)
-    if claims is None or not isinstance(claims.get("jti"), str):
+    jti = None if claims is None else claims.get("jti")
+    if claims is None or not isinstance(jti, str):
         return None
-    record = await services.store.elevation_record(claims["jti"])
-    if record is None:
-        return None
-    found = services.answers.of(record)
+    if claims.get("single_use") is True and claims.get("aud") in server.resources:
+        # Its signed claims say it is single-use and meant for this resource server: taken
+        # (GETDEL) in the round trip that reads it. Not remembered: it is never read again.
+        record = await services.store.take_elevation_record(jti)
+        if record is None:
+            return None
+        elevation = models.load(Elevation, record)
+        found, taken = (elevation, orjson.dumps(active_answer(elevation))), True
+    else:
+        record = await services.store.elevation_record(jti)
+        if record is None:
+            return None
+        found, taken = services.answers.of(record), False
     if services.now() >= found[0].exp:
         return None
-    return found
+    return found[0], found[1], taken
 
 
 def active_answer(elevation: Elevation) -> dict[str, Any]:

@@ -326,6 +326,11 @@ class RedisStore:
         raw = await self.execute("GET", keys.elevation(jti))
         return None if raw is None else bytes(raw)
 
+    async def take_elevation_record(self, jti: str) -> bytes | None:
+        """The record as stored, removed in the same step (a single-use token's one read)."""
+        raw = await self.execute("GETDEL", keys.elevation(jti))
+        return None if raw is None else bytes(raw)
+
     async def consume_elevation(self, jti: str) -> Elevation | None:
         return await self.take(keys.elevation(jti), Elevation)
 

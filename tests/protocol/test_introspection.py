@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Unpack
 
 import httpx
 import pytest
+import redis
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
@@ -222,6 +225,64 @@ def test_single_use_token_is_active_once(stepup: Stepup) -> None:
 def test_single_use_token_is_not_consumed_by_another_resource_server(stepup: Stepup) -> None:
     token, _ = elevated(stepup, scope="audit:read")
     assert_inactive(stepup.introspect(token, auth=(OTHER_RS_ID, OTHER_RS_SECRET)))
+    assert is_active(stepup, token)
+
+
+def token_commands(redis_url: str, action: Callable[[], object]) -> list[str]:
+    """The Redis commands on elevated-token records (`stepup:tok:…`) while `action` runs,
+    as Redis's MONITOR saw them."""
+    seen: list[str] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_url, socket_timeout=0.2) as client, client.monitor() as m:
+            started.set()
+            while not stop.is_set():
+                try:
+                    command = m.next_command()["command"]
+                except redis.TimeoutError:
+                    continue
+                if "stepup:tok:" in command:
+                    seen.append(command.split()[0].upper())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started.wait(5)
+    try:
+        action()
+        # MONITOR shows a command as Redis runs it; the answer came after that.
+        with redis.Redis.from_url(redis_url) as client:
+            client.ping()
+    finally:
+        stop.set()
+        watcher.join(5)
+    return seen
+
+
+def test_a_single_use_token_is_read_and_taken_in_one_command(
+    stepup: Stepup, redis_url: str
+) -> None:
+    token, _ = elevated(stepup, scope="audit:read")
+    first = token_commands(redis_url, lambda: stepup.introspect(token))
+    assert first == ["GETDEL"]
+    assert token_commands(redis_url, lambda: assert_inactive(stepup.introspect(token))) == [
+        "GETDEL"
+    ]
+
+
+def test_a_reusable_token_is_read_not_taken(stepup: Stepup, redis_url: str) -> None:
+    token, _ = elevated(stepup)
+    assert token_commands(redis_url, lambda: is_active(stepup, token)) == ["GET"]
+    assert is_active(stepup, token)
+
+
+def test_a_single_use_token_asked_about_by_another_server_is_only_read(
+    stepup: Stepup, redis_url: str
+) -> None:
+    token, _ = elevated(stepup, scope="audit:read")
+    other = (OTHER_RS_ID, OTHER_RS_SECRET)
+    seen = token_commands(redis_url, lambda: assert_inactive(stepup.introspect(token, auth=other)))
+    assert seen == ["GET"]
     assert is_active(stepup, token)
 
 
