@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Unpack
@@ -230,32 +231,32 @@ def test_single_use_token_is_not_consumed_by_another_resource_server(stepup: Ste
 
 def token_commands(redis_url: str, action: Callable[[], object]) -> list[str]:
     """The Redis commands on elevated-token records (`stepup:tok:…`) while `action` runs,
-    as Redis's MONITOR saw them."""
+    in the order Redis's MONITOR saw them run. After `action`, an ECHO of a fresh word is
+    sent: MONITOR shows commands in the order they run, so once the word is seen, everything
+    `action` made Redis do has been seen too."""
     seen: list[str] = []
-    started, stop = threading.Event(), threading.Event()
+    word = f"end-of-action-{uuid.uuid4().hex}"
+    started, ended = threading.Event(), threading.Event()
 
     def watch() -> None:
-        with redis.Redis.from_url(redis_url, socket_timeout=0.2) as client, client.monitor() as m:
+        with redis.Redis.from_url(redis_url, socket_timeout=10) as client, client.monitor() as m:
             started.set()
-            while not stop.is_set():
-                try:
-                    command = m.next_command()["command"]
-                except redis.TimeoutError:
-                    continue
+            while True:
+                command = m.next_command()["command"]
+                if word in command:
+                    ended.set()
+                    return
                 if "stepup:tok:" in command:
                     seen.append(command.split()[0].upper())
 
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    started.wait(5)
-    try:
-        action()
-        # MONITOR shows a command as Redis runs it; the answer came after that.
-        with redis.Redis.from_url(redis_url) as client:
-            client.ping()
-    finally:
-        stop.set()
-        watcher.join(5)
+    assert started.wait(5)
+    action()
+    with redis.Redis.from_url(redis_url) as client:
+        client.echo(word)
+    watcher.join(10)
+    assert ended.is_set(), "MONITOR did not show the end of the action"
     return seen
 
 
