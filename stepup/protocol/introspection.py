@@ -47,18 +47,28 @@ class Answers:
         if found is not None:
             self._found.move_to_end(record)
             return found
-        elevation = models.load(Elevation, record)
-        found = (elevation, orjson.dumps(active_answer(elevation)))
-        self._found[record] = found
+        found = self._found[record] = answered(record)
         if len(self._found) > self._size:
             self._found.popitem(last=False)  # least recently used
         return found
 
 
+def answered(record: bytes) -> tuple[Elevation, bytes]:
+    """A record, parsed, with its active answer as JSON."""
+    elevation = models.load(Elevation, record)
+    return elevation, orjson.dumps(active_answer(elevation))
+
+
+def _signed_claims(services: Services, token: str) -> dict[str, Any] | None:
+    """The claims of a token stepup signed, if they name a jti."""
+    claims = services.signing.verify(token)
+    return claims if claims is not None and isinstance(claims.get("jti"), str) else None
+
+
 async def find_elevation(services: Services, token: str) -> Elevation | None:
     """The live record of a token stepup signed, or None."""
-    claims = services.signing.verify(token)
-    if claims is None or not isinstance(claims.get("jti"), str):
+    claims = _signed_claims(services, token)
+    if claims is None:
         return None
     elevation = await services.store.elevation(claims["jti"])
     if elevation is None or services.now() >= elevation.exp:
@@ -96,26 +106,23 @@ async def _live(
     services: Services, server: ResourceServer, token: str
 ) -> tuple[Elevation, bytes, bool] | None:
     """As find_elevation: the record with its answer, and whether it was taken (consumed)."""
-    claims = services.signing.verify(token)
-    jti = None if claims is None else claims.get("jti")
-    if claims is None or not isinstance(jti, str):
+    claims = _signed_claims(services, token)
+    if claims is None:
         return None
-    if claims.get("single_use") is True and claims.get("aud") in server.resources:
-        # Its signed claims say it is single-use and meant for this resource server: taken
-        # (GETDEL) in the round trip that reads it. Not remembered: it is never read again.
+    jti = claims["jti"]
+    # Its signed claims say it is single-use and meant for this resource server: taken
+    # (GETDEL) in the round trip that reads it, and not remembered: it is never read again.
+    taken = claims.get("single_use") is True and claims.get("aud") in server.resources
+    if taken:
         record = await services.store.take_elevation_record(jti)
-        if record is None:
-            return None
-        elevation = models.load(Elevation, record)
-        found, taken = (elevation, orjson.dumps(active_answer(elevation))), True
     else:
         record = await services.store.elevation_record(jti)
-        if record is None:
-            return None
-        found, taken = services.answers.of(record), False
-    if services.now() >= found[0].exp:
+    if record is None:
         return None
-    return found[0], found[1], taken
+    elevation, answer = answered(record) if taken else services.answers.of(record)
+    if services.now() >= elevation.exp:
+        return None
+    return elevation, answer, taken
 
 
 def active_answer(elevation: Elevation) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from stepup.storage.redis import STORAGE_ERRORS
 from stepup.web.forms import first_header, read_form
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_NO_STORE_RAW = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+# As Starlette writes a headers dict: lower-case names, latin-1.
+_NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
 _log_detail = logging.getLogger("stepup.errors")
 
 
