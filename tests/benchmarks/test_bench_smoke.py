@@ -117,10 +117,10 @@ def test_code_pool_comes_from_the_real_flow_and_each_code_redeems_once(
     with redis.Redis.from_url(server_redis_url(server)) as client:
         assert len(list(client.scan_iter("stepup:revoked:*"))) == 3
 
-    mem = asyncio.run(memory.elevations(str(server_redis_url(server)), 50, lambda _: None))
+    url = server_redis_url(server)
+    mem = asyncio.run(memory.elevations(url, 50, lambda _: None))
     assert mem["count"] == 50 and 0 < mem["memory_usage_mean_bytes"] < 2048
     # All of a token's keys: more than its record, by a spent marker and index entries.
-    url = str(server_redis_url(server))
     with redis.Redis.from_url(url) as client:
         tokens_before = len(list(client.scan_iter("stepup:tok:*")))
         markers_before = len(list(client.scan_iter("stepup:*:spent")))
@@ -135,6 +135,9 @@ def test_code_pool_comes_from_the_real_flow_and_each_code_redeems_once(
         # every code it stored was redeemed: none is left
         assert len(list(client.scan_iter("stepup:*:code"))) == codes_before
         assert 0 < client.ttl(next(client.scan_iter("stepup:*:spent"))) <= 900
+        # Indexed under their subjects: one subject with 200 tokens, then 200 with one each.
+        indexes = list(client.scan_iter("stepup:{s:bench-footprint-*}:elevations"))
+        assert sorted(client.zcard(key) for key in indexes) == [1] * 200 + [200]
     for shape in shapes:
         assert shape["count"] == 200
         assert shape["spent_marker_bytes"] > 0
