@@ -5,7 +5,12 @@ A run during which the hypervisor took more than `--steal-limit` percent of a co
 from /proc/stat) measured the neighbours as much as the code: it is set aside and measured
 again, at most `--steal-retries` times, for every target alike (ceiling, stepup, peer). When
 every attempt was over the limit the one with the least steal counts. Set-aside runs stay in
-the JSON (`set_aside`) with their figures, and the report says how many there were."""
+the JSON (`set_aside`) with their figures, and the report says how many there were.
+
+Then the scaling pass: the ceiling and stepup again with 1 and 2 workers, each serving
+process held to `--share` of one core (benchmarks/share.py), so that wrk and Redis have room
+of their own on a small machine and "2 workers / 1 worker" reads the server, not the cores it
+shares with its load generator. `--share 0` leaves the pass out."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import flow, load, memory, processes
+from benchmarks import flow, load, memory, processes, share
 from benchmarks.load import Result
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -39,13 +44,20 @@ def progress(message: str) -> None:
 # What is measured: (server, name, path, how). Peer names are prefixed "peer".
 STEPUP_TARGETS = ["introspection", "exchange", "intake", "jwks", "metadata"]
 PEER_TARGETS = ["peer_introspection", "peer_jwt"]
+# The runs kept, by process count and target.
+Runs = dict[int, dict[str, list[Result]]]
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.results: dict[int, dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
+        self.results: Runs = defaultdict(lambda: defaultdict(list))
+        # The scaling pass's results (each serving process held to a share of a core), and
+        # where the runs being measured now go.
+        self.held: Runs = defaultdict(lambda: defaultdict(list))
+        self.sink: Runs = self.results
+        self.label = ""
         self.pool_seconds = 2.5 * (args.seconds + args.warmup)
         self.memory: dict[str, Any] = {}
         self.notes: list[str] = []
@@ -85,9 +97,19 @@ class Bench:
 
     # -- one configuration ---------------------------------------------------------------
 
-    def configuration(self, workers: int) -> None:
+    def configuration(self, workers: int, held: share.CpuShare | None = None) -> None:
+        """One process count: the ceiling, stepup and the peer started, measured in turns and
+        stopped. `held`: the scaling pass, where each serving process of the ceiling and
+        stepup is held to a share of a core (no peer: its scaling is not a target)."""
         work = self.workdir
-        progress(f"starting ceiling, stepup and peer with {workers} process(es) each")
+        self.sink, self.label = (self.held, ", held") if held else (self.results, "")
+        if held is None:
+            progress(f"starting ceiling, stepup and peer with {workers} process(es) each")
+        else:
+            progress(
+                f"scaling pass: ceiling and stepup with {workers} process(es), "
+                f"each held to {held.share:.0%} of a core"
+            )
         servers: list[processes.Server] = []
         try:
             ceiling = processes.start_ceiling(work, self.ceiling_port, workers)
@@ -101,8 +123,11 @@ class Bench:
                 self.keys,
             )
             servers.append(stepup)
+            if held is not None:
+                for pid in [*ceiling.workers(), *stepup.workers()]:
+                    held.hold(pid)
             peer = None
-            if not self.args.no_peer:
+            if not self.args.no_peer and held is None:
                 peer = processes.start_peer(
                     work, self.peer_redis.socket_path, self.peer_port, workers
                 )
@@ -115,7 +140,7 @@ class Bench:
                 opaque = _peer_token(peer.url, "https://opaque.bench.example")
                 flow.write_form(work / "peer-introspect.form", {"token": opaque})
             for run in range(self.args.runs):
-                progress(f"run {run + 1}/{self.args.runs} with {workers} process(es)")
+                progress(f"run {run + 1}/{self.args.runs} with {workers} process(es){self.label}")
                 self.record(workers, "ceiling", ceiling, "/", {"BENCH_METHOD": "GET"})
                 self.stepup_round(workers, stepup)
                 if peer is not None:
@@ -192,8 +217,8 @@ class Bench:
     def _keep_least_stolen(self, workers: int, name: str, attempts: list[Result]) -> Result:
         """The attempt with the least steal counts; the others are set aside."""
         kept = min(attempts, key=lambda r: r.steal_cpu or 0.0)
-        self.set_aside.extend((workers, name, r) for r in attempts if r is not kept)
-        self.results[workers][name].append(kept)
+        self.set_aside.extend((workers, name + self.label, r) for r in attempts if r is not kept)
+        self.sink[workers][name].append(kept)
         if kept is not attempts[-1]:
             progress(f"  {name}: the attempt with the least steal counts ({kept.rps:,.0f} req/s)")
         return kept
@@ -409,9 +434,10 @@ def _median_known(results: list[Result], field: str) -> float | None:
     return float(statistics.median(known)) if known else None
 
 
-def summarize(bench: Bench) -> dict[str, Any]:
+def _table(measured: Runs) -> dict[str, dict[str, Any]]:
+    """One row per target and process count: the medians of its runs, and the runs."""
     table: dict[str, dict[str, Any]] = {}
-    for workers, targets in sorted(bench.results.items()):
+    for workers, targets in sorted(measured.items()):
         for name, results in targets.items():
             if not results:
                 continue
@@ -440,6 +466,29 @@ def summarize(bench: Bench) -> dict[str, Any]:
                 if any(r.server_cpu > 0 for r in results)
                 else None,
             }
+    return table
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _scaling(table: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """2 workers / 1 worker, for each target measured with both."""
+
+    def rps(name: str, workers: int) -> float | None:
+        row = table.get(f"{name}@{workers}")
+        return row["rps"] if row else None
+
+    return {
+        name: _ratio(rps(name, 2), rps(name, 1))
+        for name in [*STEPUP_TARGETS, "ceiling", *PEER_TARGETS]
+        if rps(name, 2) and rps(name, 1)
+    }
+
+
+def summarize(bench: Bench) -> dict[str, Any]:
+    table = _table(bench.results)
 
     def rps(name: str, workers: int) -> float | None:
         row = table.get(f"{name}@{workers}")
@@ -449,8 +498,7 @@ def summarize(bench: Bench) -> dict[str, Any]:
         row = table.get(f"{name}@{workers}")
         return row["rps_per_cpu"] if row else None
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 2) if a and b else None
+    ratio = _ratio
 
     peers = {"introspection": "peer_introspection", "exchange": "peer_jwt", "intake": "peer_jwt"}
     ratios = []
@@ -476,16 +524,21 @@ def summarize(bench: Bench) -> dict[str, Any]:
                     ),
                 }
             )
-    scaling = {
-        name: ratio(rps(name, 2), rps(name, 1))
-        for name in [*STEPUP_TARGETS, "ceiling", *PEER_TARGETS]
-        if rps(name, 2) and rps(name, 1)
-    }
+    scaling = _scaling(table)
+    held = None
+    if bench.held:
+        held_table = _table(bench.held)
+        held = {
+            "share": bench.args.share,
+            "table": held_table,
+            "scaling_2_over_1": _scaling(held_table),
+        }
     return {
         "table": table,
         "ratios": ratios,
         "scaling_2_over_1": scaling,
-        "targets": _targets(table, ratios, scaling, bench.memory),
+        "held": held,
+        "targets": _targets(table, ratios, scaling, held, bench.memory),
         "memory": bench.memory,
         "notes": bench.notes,
         "set_aside": [
@@ -499,6 +552,7 @@ def _targets(
     table: dict[str, dict[str, Any]],
     ratios: list[dict[str, Any]],
     scaling: dict[str, float | None],
+    held: dict[str, Any] | None,
     mem: dict[str, Any],
 ) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
@@ -523,6 +577,11 @@ def _targets(
             check(f"exchange p99 ms ({row['workers']}w) <= 40", row["p99_ms"], 40, False)
     for name in STEPUP_TARGETS:
         check(f"{name}: 2 workers / 1 worker >= 1.6", scaling.get(name), 1.6)
+    if held is not None:
+        each = f"each process held to {held['share']:.0%} of a core"
+        for name in STEPUP_TARGETS:
+            value = held["scaling_2_over_1"].get(name)
+            check(f"{name}: 2 workers / 1 worker, {each} >= 1.6", value, 1.6)
     tokens = mem.get("elevated_token", {})
     check(
         "Redis bytes per active elevated token <= 512",
@@ -562,16 +621,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+def _table_lines(table: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
-        f"machine: {summary['machine']['nproc']} cpu ({summary['machine']['cpu']}), "
-        f"{summary['machine']['ram_gib']} GiB; wrk -t{load.THREADS} -c{load.CONNECTIONS}, "
-        f"{settings['seconds']} s after {settings['warmup']} s warm-up, median of {settings['runs']}",
-        "",
         "| target | workers | req/s | p50 ms | p99 ms | p99.9 ms | server CPU % | Redis CPU % | wrk CPU % | steal % | idle % | req per CPU-s | RSS MB/worker | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summary["table"].values():
+    for row in table.values():
         lines.append(
             f"| {row['target']} | {row['workers']} | {_fmt(row['rps'], 0)} | {_fmt(row['p50_ms'])} | "
             f"{_fmt(row['p99_ms'])} | {_fmt(row['p999_ms'])} | {_fmt(row['server_cpu'], 0)} | "
@@ -579,6 +634,21 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
             f"{_fmt(row['steal_cpu'], 0)} | {_fmt(row['idle_cpu'], 0)} | {_fmt(row['rps_per_cpu'], 0)} | "
             f"{_fmt(row['rss_mb_max'], 0)} | {row['errors']} |"
         )
+    return lines
+
+
+def _scaling_line(scaling: dict[str, float | None]) -> str:
+    return "2 workers / 1 worker: " + ", ".join(f"{k} {v:.2f}" for k, v in scaling.items() if v)
+
+
+def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {summary['machine']['nproc']} cpu ({summary['machine']['cpu']}), "
+        f"{summary['machine']['ram_gib']} GiB; wrk -t{load.THREADS} -c{load.CONNECTIONS}, "
+        f"{settings['seconds']} s after {settings['warmup']} s warm-up, median of {settings['runs']}",
+        "",
+        *_table_lines(summary["table"]),
+    ]
     lines += [
         "",
         "| stepup endpoint | workers | stepup req/s | peer | peer req/s | stepup / peer | ceiling req/s | stepup / ceiling | per CPU: / peer | per CPU: / ceiling |",
@@ -591,8 +661,19 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
             f"{_fmt(row['stepup_vs_ceiling'])} | {_fmt(row['per_cpu_vs_peer'])} | "
             f"{_fmt(row['per_cpu_vs_ceiling'])} |"
         )
-    scaling = ", ".join(f"{k} {v:.2f}" for k, v in summary["scaling_2_over_1"].items() if v)
-    lines += ["", f"2 workers / 1 worker: {scaling}", ""]
+    lines += ["", _scaling_line(summary["scaling_2_over_1"]), ""]
+    held = summary.get("held")
+    if held:
+        lines += [
+            f"Scaling pass: the ceiling and stepup again, each serving process held to "
+            f"{held['share']:.0%} of a core (a CFS quota), so wrk and Redis have room of their own:",
+            "",
+            *_table_lines(held["table"]),
+            "",
+            _scaling_line(held["scaling_2_over_1"])
+            + f" (each process held to {held['share']:.0%})",
+            "",
+        ]
     mem = summary["memory"]
     if "elevated_token" in mem:
         tok = mem["elevated_token"]
@@ -631,9 +712,14 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def rerender(saved: dict[str, Any]) -> str:
     """The report of a saved run, recomputed from its raw runs (e.g. after a new column)."""
-    bench = Bench(argparse.Namespace(seconds=0, warmup=0), Path("."))
+    held = saved.get("held")
+    bench = Bench(
+        argparse.Namespace(seconds=0, warmup=0, share=held["share"] if held else 0), Path(".")
+    )
     for row in saved["table"].values():
         bench.results[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
+    for row in held["table"].values() if held else ():
+        bench.held[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
     bench.memory = saved.get("memory", {})
     bench.notes = saved.get("notes", [])
     for run in saved.get("set_aside", []):
@@ -663,6 +749,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steal-retries", type=int, default=2, help="repeats of a run over the steal limit"
     )
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="the scaling pass holds each serving process to this share of one core "
+        "(needs root and cgroup v1's cpu controller); 0 leaves the pass out",
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip oidc-provider")
     parser.add_argument("--only", help="stepup targets to run, e.g. introspection,jwks")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
@@ -676,6 +769,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.warmup, args.runs = 2.0, 1.0, 1
         args.tokens, args.pool_max = min(args.tokens, 2_000), min(args.pool_max, 20_000)
     load.wrk_binary()
+    if args.share:
+        why = share.problem()
+        if why is not None:
+            parser.error(f"the scaling pass cannot hold processes to a share: {why} (--share 0)")
     if not args.no_peer:
         processes.node()
         progress("checking the npm peers in tests/peers/node_modules")
@@ -684,8 +781,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, workdir)
     try:
         bench.prepare()
-        for workers in (int(w) for w in args.workers.split(",")):
+        counts = [int(w) for w in args.workers.split(",")]
+        for workers in counts:
             bench.configuration(workers)
+        if args.share:
+            with share.CpuShare(args.share) as held:
+                for workers in counts:
+                    bench.configuration(workers, held)
         bench.measure_memory()
     finally:
         bench.close()

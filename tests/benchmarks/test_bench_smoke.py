@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import httpx
 import pytest
 import redis
 
-from benchmarks import flow, load, memory, processes
+from benchmarks import flow, load, memory, processes, share
 from stepup.storage.embedded import EmbeddedRedis
-from tests.support.tools import missing_tool, require_tool
+from tests.support.tools import in_ci, missing_tool, require_tool
 
 
 @pytest.fixture
@@ -228,3 +229,48 @@ def test_host_cpu_counts_up_andchildren_cpu_takes_a_waited_child() -> None:
     assert load.children_cpu() - before >= 0.25
     later_steal, later_idle = processes.host_cpu()
     assert later_steal >= steal and later_idle >= idle
+
+
+def test_a_held_process_gets_its_share_of_a_core_and_no_more() -> None:
+    """The scaling pass's hold is the kernel's: a process that would spin a whole core gets
+    about the share it is held to, and goes back to the machine's root group afterwards."""
+    why = share.problem()
+    if why is not None:
+        message = f"the scaling pass's CPU hold cannot be tested here: {why}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+
+        def cores_used(seconds: float) -> float:
+            before = processes.cpu_seconds([spinner.pid])
+            time.sleep(seconds)
+            return (processes.cpu_seconds([spinner.pid]) - before) / seconds
+
+        assert cores_used(0.5) > 0.6  # free, it takes (nearly) a core
+        with share.CpuShare(0.2) as held:
+            group = held.hold(spinner.pid)
+            assert (group / "cpu.cfs_quota_us").read_text().strip() == "2000"
+            assert (group / "cpu.cfs_period_us").read_text().strip() == "10000"
+            assert str(spinner.pid) in (group / "cgroup.procs").read_text().split()
+            # 0.2 of a core in 10 ms periods, over 1 s; CPU time is counted in 10 ms ticks.
+            assert 0.1 < cores_used(1.0) < 0.3
+        assert not held.group.exists()
+        assert spinner.poll() is None  # still running, in the root group again
+        assert cores_used(0.5) > 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_a_share_outside_one_core_is_refused() -> None:
+    for wrong in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share of one core"):
+            share.CpuShare(wrong)
+
+
+def test_a_machine_without_the_controller_is_told_what_is_missing(tmp_path: Path) -> None:
+    assert "cpu.cfs_quota_us is missing" in (share.problem(tmp_path) or "")
+    with pytest.raises(RuntimeError, match="cannot hold processes to a CPU share"):
+        share.CpuShare(0.5, controller=tmp_path)

@@ -6,72 +6,19 @@ under test, not wrk); the real measurement is covered by test_bench_smoke.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from benchmarks import load, run
+from benchmarks import run
 from benchmarks.load import Result
-
-
-def result(steal: float | None, rps: float = 1000.0, exhausted: int = 0) -> Result:
-    return Result(
-        requests=int(rps * 10),
-        seconds=10.0,
-        rps=rps,
-        p50_ms=5.0,
-        p99_ms=10.0,
-        p999_ms=20.0,
-        errors=0,
-        server_cpu=99.0,
-        redis_cpu=5.0,
-        rss_mb=[77.0],
-        extra={"exhausted": exhausted} if exhausted else {},
-        wrk_cpu=10.0,
-        steal_cpu=steal,
-        idle_cpu=70.0,
-    )
-
-
-def bench(tmp_path: Path, **overrides: Any) -> run.Bench:
-    args = argparse.Namespace(
-        seconds=10.0,
-        warmup=2.0,
-        steal_limit=5.0,
-        steal_retries=2,
-        pool_limit=60.0,
-        pool_max=80_000,
-    )
-    for name, value in overrides.items():
-        setattr(args, name, value)
-    return run.Bench(args, tmp_path)
-
-
-@pytest.fixture
-def measured(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Result]]:
-    """The results load.measure hands out, in order; the test fills the list."""
-    queue: list[Result] = []
-
-    def measure(*args: Any, **kwargs: Any) -> Result:
-        return queue.pop(0)
-
-    monkeypatch.setattr(load, "measure", measure)
-    monkeypatch.setattr(load, "wrk", lambda *args, **kwargs: {"errors_status": 0})
-    yield queue
-    assert queue == [], "every scripted run was measured"
-
-
-class _Server:
-    url = "http://127.0.0.1:1"
+from tests.benchmarks.scripted import Server, bench, result
 
 
 def record(b: run.Bench, name: str = "introspection") -> Result:
-    return b.record(1, name, _Server(), "/introspect", {})  # type: ignore[arg-type]
+    return b.record(1, name, Server(), "/introspect", {})  # type: ignore[arg-type]
 
 
 def test_a_quiet_run_is_kept_at_once(tmp_path: Path, measured: list[Result]) -> None:
@@ -129,7 +76,7 @@ def test_an_exchange_run_is_measured_again_on_a_new_pool(
     monkeypatch.setattr(b, "make_pool", make_pool)
     monkeypatch.setattr(b, "stepup_redis", SimpleNamespace(pid=None), raising=False)
     measured.extend([result(15.7, rps=2202), result(1.3, rps=2830)])
-    b.exchange(1, _Server(), "Basic x")  # type: ignore[arg-type]
+    b.exchange(1, Server(), "Basic x")  # type: ignore[arg-type]
     assert len(pools) == 2  # a code is never sent twice: the repeat has its own pool
     assert [r.rps for r in b.results[1]["exchange"]] == [2830]
     assert [r.rps for _, _, r in b.set_aside] == [2202]
@@ -144,7 +91,7 @@ def test_an_exhausted_pool_is_not_counted_as_a_steal_retry(
     monkeypatch.setattr(b, "make_pool", lambda stepup, seconds: (pool, 1))
     monkeypatch.setattr(b, "stepup_redis", SimpleNamespace(pid=None), raising=False)
     measured.extend([result(1.0, exhausted=50), result(9.0, rps=1), result(8.0, rps=2)])
-    b.exchange(2, _Server(), "Basic x")  # type: ignore[arg-type]
+    b.exchange(2, Server(), "Basic x")  # type: ignore[arg-type]
     assert [r.rps for r in b.results[2]["exchange"]] == [2]
     assert [r.rps for _, _, r in b.set_aside] == [1]
 
@@ -179,7 +126,7 @@ def test_a_stolen_exchange_run_is_kept_when_its_repeat_runs_out_of_codes(
     measured.extend(
         [result(60.7, rps=1497), result(1.0, exhausted=4495), result(1.0, exhausted=3000)]
     )
-    b.exchange(1, _Server(), "Basic x")  # type: ignore[arg-type]
+    b.exchange(1, Server(), "Basic x")  # type: ignore[arg-type]
     assert [r.rps for r in b.results[1]["exchange"]] == [1497]
     assert b.set_aside == []
 
@@ -199,7 +146,7 @@ def test_a_slow_stolen_exchange_run_does_not_shrink_the_next_pool(
     monkeypatch.setattr(b, "make_pool", make_pool)
     monkeypatch.setattr(b, "stepup_redis", SimpleNamespace(pid=None), raising=False)
     measured.extend([result(20.0, rps=3000), result(30.0, rps=1000), result(1.0, rps=2900)])
-    b.exchange(1, _Server(), "Basic x")  # type: ignore[arg-type]
+    b.exchange(1, Server(), "Basic x")  # type: ignore[arg-type]
     # 3,000 exchanges/s for 12 s, with 40 % to spare, at 1,000 codes/s: 50.4 s, twice.
     assert asked[1:] == [pytest.approx(50.4), pytest.approx(50.4)]
     assert [r.rps for r in b.results[1]["exchange"]] == [2900]
