@@ -34,6 +34,7 @@ from benchmarks import flow, load, memory, processes, share
 from benchmarks.load import Result
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+DEFAULT_SHARE = 0.5  # of one core, per serving process, in the scaling pass
 _started = time.monotonic()
 
 
@@ -730,6 +731,19 @@ def rerender(saved: dict[str, Any]) -> str:
     return render(summary, saved["settings"])
 
 
+def choose_share(asked: float | None, problem: str | None) -> tuple[float, str | None]:
+    """The scaling pass's share, and why it is left out when it is. Not asked for, it runs
+    where processes can be held and is left out (with a note) where they cannot; asked for
+    where they cannot, it is an error."""
+    if asked is None:
+        return (DEFAULT_SHARE, None) if problem is None else (0.0, problem)
+    if asked and problem is not None:
+        raise ValueError(
+            f"the scaling pass cannot hold processes to a share: {problem} (--share 0)"
+        )
+    return asked, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short and small")
@@ -752,9 +766,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--share",
         type=float,
-        default=0.5,
         help="the scaling pass holds each serving process to this share of one core "
-        "(needs root and cgroup v1's cpu controller); 0 leaves the pass out",
+        "(needs root and cgroup v1's cpu controller; default 0.5 where they are there, "
+        "else the pass is left out with a note); 0 leaves the pass out",
     )
     parser.add_argument("--no-peer", action="store_true", help="skip oidc-provider")
     parser.add_argument("--only", help="stepup targets to run, e.g. introspection,jwks")
@@ -769,16 +783,19 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.warmup, args.runs = 2.0, 1.0, 1
         args.tokens, args.pool_max = min(args.tokens, 2_000), min(args.pool_max, 20_000)
     load.wrk_binary()
-    if args.share:
-        why = share.problem()
-        if why is not None:
-            parser.error(f"the scaling pass cannot hold processes to a share: {why} (--share 0)")
+    try:
+        args.share, left_out = choose_share(args.share, share.problem())
+    except ValueError as exc:
+        parser.error(str(exc))
     if not args.no_peer:
         processes.node()
         progress("checking the npm peers in tests/peers/node_modules")
         processes.ensure_peer_install()
     workdir = Path(tempfile.mkdtemp(prefix="stepup-bench-"))
     bench = Bench(args, workdir)
+    if left_out is not None:
+        bench.notes.append(f"the scaling pass was left out: {left_out}")
+        progress(f"the scaling pass will be left out: {left_out}")
     try:
         bench.prepare()
         counts = [int(w) for w in args.workers.split(",")]

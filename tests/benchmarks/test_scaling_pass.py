@@ -135,3 +135,12 @@ def test_the_report_and_the_json_carry_the_pass_and_its_check(
     assert "met    " + held + ": 1.90" in text
     saved = json.loads(json.dumps({**summary, "settings": settings}, default=str))
     assert run.rerender(saved) == text
+
+
+def test_the_pass_runs_where_it_can_and_is_left_out_with_a_note_where_it_cannot() -> None:
+    assert run.choose_share(None, None) == (0.5, None)
+    assert run.choose_share(None, "no controller") == (0.0, "no controller")
+    assert run.choose_share(0.3, None) == (0.3, None)
+    assert run.choose_share(0.0, "no controller") == (0.0, None)  # --share 0: not wanted
+    with pytest.raises(ValueError, match="cannot hold processes to a share: no controller"):
+        run.choose_share(0.5, "no controller")  # asked for, where it cannot be had
