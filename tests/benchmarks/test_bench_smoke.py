@@ -248,17 +248,18 @@ def test_a_held_process_gets_its_share_of_a_core_and_no_more() -> None:
             time.sleep(seconds)
             return (processes.cpu_seconds([spinner.pid]) - before) / seconds
 
-        assert cores_used(0.5) > 0.6  # free, it takes (nearly) a core
+        # Free, it takes up to a core; the bounds leave room for a neighbour's steal.
+        assert cores_used(1.0) > 0.4
         with share.CpuShare(0.2) as held:
             group = held.hold(spinner.pid)
             assert (group / "cpu.cfs_quota_us").read_text().strip() == "2000"
             assert (group / "cpu.cfs_period_us").read_text().strip() == "10000"
             assert str(spinner.pid) in (group / "cgroup.procs").read_text().split()
             # 0.2 of a core in 10 ms periods, over 1 s; CPU time is counted in 10 ms ticks.
-            assert 0.1 < cores_used(1.0) < 0.3
+            assert 0.05 < cores_used(1.0) < 0.3
         assert not held.group.exists()
         assert spinner.poll() is None  # still running, in the root group again
-        assert cores_used(0.5) > 0.6
+        assert cores_used(1.0) > 0.4
     finally:
         spinner.kill()
         spinner.wait()
