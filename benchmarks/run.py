@@ -55,10 +55,9 @@ class Bench:
         self.workdir = workdir
         self.results: Runs = defaultdict(lambda: defaultdict(list))
         # The scaling pass's results (each serving process held to a share of a core), and
-        # where the runs being measured now go.
+        # whether the runs being measured now belong to it.
         self.held: Runs = defaultdict(lambda: defaultdict(list))
-        self.sink: Runs = self.results
-        self.label = ""
+        self.holding = False
         self.pool_seconds = 2.5 * (args.seconds + args.warmup)
         self.memory: dict[str, Any] = {}
         self.notes: list[str] = []
@@ -103,7 +102,7 @@ class Bench:
         stopped. `held`: the scaling pass, where each serving process of the ceiling and
         stepup is held to a share of a core (no peer: its scaling is not a target)."""
         work = self.workdir
-        self.sink, self.label = (self.held, ", held") if held else (self.results, "")
+        self.holding = held is not None
         if held is None:
             progress(f"starting ceiling, stepup and peer with {workers} process(es) each")
         else:
@@ -215,11 +214,16 @@ class Bench:
             f"idle {result.idle_cpu or 0:5.1f}%{note}{after}"
         )
 
+    @property
+    def label(self) -> str:
+        """What a run of the scaling pass is named after, in the progress lines and set_aside."""
+        return ", held" if self.holding else ""
+
     def _keep_least_stolen(self, workers: int, name: str, attempts: list[Result]) -> Result:
         """The attempt with the least steal counts; the others are set aside."""
         kept = min(attempts, key=lambda r: r.steal_cpu or 0.0)
         self.set_aside.extend((workers, name + self.label, r) for r in attempts if r is not kept)
-        self.sink[workers][name].append(kept)
+        (self.held if self.holding else self.results)[workers][name].append(kept)
         if kept is not attempts[-1]:
             progress(f"  {name}: the attempt with the least steal counts ({kept.rps:,.0f} req/s)")
         return kept
@@ -474,32 +478,30 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def _cell(
+    table: dict[str, dict[str, Any]], name: str, workers: int, field: str = "rps"
+) -> float | None:
+    row = table.get(f"{name}@{workers}")
+    return row[field] if row else None
+
+
 def _scaling(table: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     """2 workers / 1 worker, for each target measured with both."""
-
-    def rps(name: str, workers: int) -> float | None:
-        row = table.get(f"{name}@{workers}")
-        return row["rps"] if row else None
-
-    return {
-        name: _ratio(rps(name, 2), rps(name, 1))
+    scaling = {
+        name: _ratio(_cell(table, name, 2), _cell(table, name, 1))
         for name in [*STEPUP_TARGETS, "ceiling", *PEER_TARGETS]
-        if rps(name, 2) and rps(name, 1)
     }
+    return {name: value for name, value in scaling.items() if value is not None}
 
 
 def summarize(bench: Bench) -> dict[str, Any]:
     table = _table(bench.results)
 
     def rps(name: str, workers: int) -> float | None:
-        row = table.get(f"{name}@{workers}")
-        return row["rps"] if row else None
+        return _cell(table, name, workers)
 
     def per_cpu(name: str, workers: int) -> float | None:
-        row = table.get(f"{name}@{workers}")
-        return row["rps_per_cpu"] if row else None
-
-    ratio = _ratio
+        return _cell(table, name, workers, "rps_per_cpu")
 
     peers = {"introspection": "peer_introspection", "exchange": "peer_jwt", "intake": "peer_jwt"}
     ratios = []
@@ -512,15 +514,15 @@ def summarize(bench: Bench) -> dict[str, Any]:
                     "stepup_rps": rps(name, workers),
                     "peer": peers.get(name),
                     "peer_rps": rps(peers[name], workers) if name in peers else None,
-                    "stepup_vs_peer": ratio(rps(name, workers), rps(peers[name], workers))
+                    "stepup_vs_peer": _ratio(rps(name, workers), rps(peers[name], workers))
                     if name in peers
                     else None,
                     "ceiling_rps": rps("ceiling", workers),
-                    "stepup_vs_ceiling": ratio(rps(name, workers), rps("ceiling", workers)),
-                    "per_cpu_vs_peer": ratio(per_cpu(name, workers), per_cpu(peers[name], workers))
+                    "stepup_vs_ceiling": _ratio(rps(name, workers), rps("ceiling", workers)),
+                    "per_cpu_vs_peer": _ratio(per_cpu(name, workers), per_cpu(peers[name], workers))
                     if name in peers
                     else None,
-                    "per_cpu_vs_ceiling": ratio(
+                    "per_cpu_vs_ceiling": _ratio(
                         per_cpu(name, workers), per_cpu("ceiling", workers)
                     ),
                 }
