@@ -20,7 +20,7 @@ import redis
 
 from benchmarks import flow, load, memory, processes, share
 from stepup.storage.embedded import EmbeddedRedis
-from tests.support.tools import in_ci, missing_tool, require_tool
+from tests.support.tools import missing_tool, require_tool, unavailable
 
 
 @pytest.fixture
@@ -231,15 +231,16 @@ def test_host_cpu_counts_up_andchildren_cpu_takes_a_waited_child() -> None:
     assert later_steal >= steal and later_idle >= idle
 
 
+def require_cpu_hold() -> None:
+    why = share.problem()
+    if why is not None:
+        unavailable(f"the scaling pass's CPU hold cannot be tested here: {why}")
+
+
 def test_a_held_process_gets_its_share_of_a_core_and_no_more() -> None:
     """The scaling pass's hold is the kernel's: a process that would spin a whole core gets
     about the share it is held to, and goes back to the machine's root group afterwards."""
-    why = share.problem()
-    if why is not None:
-        message = f"the scaling pass's CPU hold cannot be tested here: {why}"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_cpu_hold()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
 
@@ -275,3 +276,25 @@ def test_a_machine_without_the_controller_is_told_what_is_missing(tmp_path: Path
     assert "cpu.cfs_quota_us is missing" in (share.problem(tmp_path) or "")
     with pytest.raises(RuntimeError, match="cannot hold processes to a CPU share"):
         share.CpuShare(0.5, controller=tmp_path)
+
+
+def test_the_scaling_pass_holds_the_processes_that_serve(workdir: Path) -> None:
+    """What the scaling pass holds is each of uvicorn's serving workers (not its supervisor):
+    the real ceiling with 2 workers, each held to a quarter of a core, under a real wrk run,
+    uses at most about half a core in all, where free it would use well over one."""
+    require_tool("wrk")
+    require_cpu_hold()
+    ceiling = processes.start_ceiling(workdir, processes.free_port(), 2)
+    try:
+        workers = ceiling.workers()
+        assert len(workers) == 2 and ceiling.process.pid not in workers
+        with share.CpuShare(0.25) as held:
+            groups = [held.hold(pid) for pid in workers]
+            for pid, group in zip(workers, groups, strict=True):
+                assert (group / "cgroup.procs").read_text().split() == [str(pid)]
+            result = load.measure(ceiling, None, "/", "fixed.lua", {}, seconds=2, warmup=0)
+    finally:
+        ceiling.stop()
+    assert result.requests > 0 and result.errors == 0
+    # 2 x 25 % of a core; CPU time is counted in 10 ms ticks over about 2 s.
+    assert 10 < result.server_cpu < 60

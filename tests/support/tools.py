@@ -24,15 +24,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"true", "1", "yes"}
 
 
-def missing_tool(name: str, detail: str = "") -> NoReturn:
-    package = APT_PACKAGES.get(name, name)
-    message = (
-        f"{name} is not installed{': ' + detail if detail else ''} "
-        f"(apt-get install -y {package}, or run ./dev test, which installs it)"
-    )
+def unavailable(message: str) -> NoReturn:
+    """Something the test needs from the machine is missing: a failure in CI, a skip elsewhere."""
     if in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def missing_tool(name: str, detail: str = "") -> NoReturn:
+    package = APT_PACKAGES.get(name, name)
+    unavailable(
+        f"{name} is not installed{': ' + detail if detail else ''} "
+        f"(apt-get install -y {package}, or run ./dev test, which installs it)"
+    )
 
 
 def require_tool(name: str, path: str | None = None) -> str:
