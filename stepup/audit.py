@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -114,11 +115,23 @@ def chain(keys: AuditKeys, head: str, bodies: Iterable[bytes]) -> list[Link]:
     return links
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why an append did not go in: the head stored instead, and whether the writer now has
+    the turn (the others are refused until it has appended)."""
+
+    head: str
+    mine: bool
+
+
 class ChainStore(Protocol):
     """Where the chain lives (storage/audit_stream.py)."""
 
-    async def append(self, links: list[Link], expected_head: str, now_ms: int) -> str | None:
-        """Appends if the stored head is still `expected_head`; else returns the stored head."""
+    async def append(
+        self, links: list[Link], expected_head: str, now_ms: int, writer: str, turn_ms: int
+    ) -> Refusal | None:
+        """Appends if the stored head is still `expected_head` and no other writer has the
+        turn; else says what was found, and takes the turn for `writer` when it is free."""
         ...
 
     async def trim(self, before_ms: int) -> int: ...
@@ -303,7 +316,18 @@ class Audit:
 
 
 class _Writer:
+    """Streams the queued events, a batch at a time, onto the one chain every process shares.
+
+    A batch is chained onto the head this writer last wrote or read; when another process has
+    appended since, the store refuses it and says the new head. The first writer refused that
+    way takes the turn: the others are refused until it has chained its batch onto that head
+    and appended it, so a writer that appends often cannot keep another's retries out (two
+    busy workers did: one streamed a fifth of its events and dropped the rest).
+    A writer refused while another has the turn waits TURN_WAIT and asks again."""
+
     BATCH = 200
+    TURN_MS = 200  # a turn lapses after this, should its writer die or stall
+    TURN_WAIT = 0.001
 
     def __init__(
         self,
@@ -321,6 +345,7 @@ class _Writer:
         self.errors = errors
         self.trim_every = trim_every
         self.head: str | None = None
+        self.id = os.urandom(8).hex()  # this writer's, for the turn
         self.last_trim = float("-inf")
         self.stopping = False
 
@@ -359,12 +384,19 @@ class _Writer:
         try:
             now = audit._clock.now()
             head = self.head if self.head is not None else await self.store.head()
+            links = chain(self.keys, head, batch)
             while True:
-                links = chain(self.keys, head, batch)
-                stored = await self.store.append(links, head, int(now * 1000))
-                if stored is None:
+                refused = await self.store.append(
+                    links, head, int(now * 1000), self.id, self.TURN_MS
+                )
+                if refused is None:
                     break
-                head = stored  # another process appended meanwhile: chain onto its entry
+                if refused.mine:
+                    # Another process appended meanwhile: chain onto its entry, in our turn.
+                    head = refused.head
+                    links = chain(self.keys, head, batch)
+                else:
+                    await asyncio.sleep(self.TURN_WAIT)  # its turn: it appends first
             self.head = links[-1].mac
             audit.written += len(batch)
         except BaseException:

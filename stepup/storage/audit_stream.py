@@ -14,18 +14,28 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from stepup.audit import Link
+from stepup.audit import Link, Refusal
 from stepup.storage import keys
 from stepup.storage.redis import Execute, run_script
 
-# KEYS[1] the stream, KEYS[2] the head; ARGV[1] the head the links were chained onto,
-# ARGV[2] the writer's clock in ms, ARGV[3..] (body, prev, mac, kid) per entry.
-# Appends only if the head is still ARGV[1]; returns false, or the head found instead.
+# KEYS[1] the stream, KEYS[2] the head, KEYS[3] the turn; ARGV[1] the head the links were
+# chained onto, ARGV[2] the writer's clock in ms, ARGV[3] the writer's id, ARGV[4] how long a
+# turn lasts in ms, ARGV[5..] (body, prev, mac, kid) per entry.
+# Appends only if the head is still ARGV[1] and no other writer has the turn; returns false,
+# or the head found instead and whether the turn is now this writer's. A writer refused for a
+# stale head takes the turn when it is free: until it has appended (or the turn lapses), the
+# others are refused, so its retry, chained onto the head it was given, goes in. Without it
+# a writer appending often kept another's retries out indefinitely.
 # Entry ids take the writer's (injected) clock, kept increasing past the newest entry.
 APPEND = """
 local head = redis.call('GET', KEYS[2]) or ''
-if head ~= ARGV[1] then
-  return head
+local turn = redis.call('GET', KEYS[3])
+if head ~= ARGV[1] or (turn and turn ~= ARGV[3]) then
+  if not turn then
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+    turn = ARGV[3]
+  end
+  return {head, turn == ARGV[3] and 1 or 0}
 end
 local ms, seq = tonumber(ARGV[2]), 0
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
@@ -37,13 +47,16 @@ if newest then
   end
 end
 local mac = head
-for i = 3, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   redis.call('XADD', KEYS[1], string.format('%d-%d', ms, seq),
     'body', ARGV[i], 'prev', ARGV[i + 1], 'mac', ARGV[i + 2], 'kid', ARGV[i + 3])
   seq = seq + 1
   mac = ARGV[i + 2]
 end
 redis.call('SET', KEYS[2], mac)
+if turn then
+  redis.call('DEL', KEYS[3])
+end
 return false
 """
 
@@ -76,14 +89,22 @@ class RedisAuditLog:
         self._append = client.register_script(APPEND)
         self._trim = client.register_script(TRIM)
 
-    async def append(self, links: list[Link], expected_head: str, now_ms: int) -> str | None:
-        args: list[str | bytes | int] = [expected_head, now_ms]
+    async def append(
+        self, links: list[Link], expected_head: str, now_ms: int, writer: str, turn_ms: int
+    ) -> Refusal | None:
+        args: list[str | bytes | int] = [expected_head, now_ms, writer, turn_ms]
         for link in links:
             args.extend((link.body, link.prev, link.mac, link.kid))
         found = await run_script(
-            self.execute, self._append, [keys.audit_stream(), keys.audit_head()], args
+            self.execute,
+            self._append,
+            [keys.audit_stream(), keys.audit_head(), keys.audit_turn()],
+            args,
         )
-        return None if found is None else _text(found)
+        if found is None:
+            return None
+        head, mine = found
+        return Refusal(_text(head), bool(mine))
 
     async def trim(self, before_ms: int) -> int:
         if before_ms <= 0:

@@ -116,6 +116,11 @@ def audit_head() -> str:
     return f"{PREFIX}:{{audit}}:head"
 
 
+def audit_turn() -> str:
+    """The id of the writer whose append the others wait for (stepup/audit.py, _Writer)."""
+    return f"{PREFIX}:{{audit}}:turn"
+
+
 def audit_anchor() -> str:
     """`<entry id> <mac>` of the newest entry retention trimmed away."""
     return f"{PREFIX}:{{audit}}:anchor"
