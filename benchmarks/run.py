@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import flow, load, memory, processes, share
+from benchmarks import flow, load, memory, processes, share, trail
 from benchmarks.load import Result
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -63,6 +63,10 @@ class Bench:
         self.notes: list[str] = []
         # Runs measured again because of steal: (workers, target, the run set aside).
         self.set_aside: list[tuple[int, str, Result]] = []
+        # Each configuration's audit events, recorded and streamed (prepare() makes the
+        # counter; a bench that was not prepared has no Redis to count in).
+        self.trail: trail.Trail | None = None
+        self.audit_trail: list[dict[str, Any]] = []
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -70,6 +74,7 @@ class Bench:
         work = self.workdir
         progress(f"work directory {work}")
         self.stepup_redis = processes.private_redis(work / "redis-stepup")
+        self.trail = trail.Trail(self.stepup_redis.url)
         self.peer_redis = processes.private_redis(work / "redis-peer")
         self.upstream = flow.Upstream(work)
         self.keys = flow.write_keys(work)
@@ -111,6 +116,8 @@ class Bench:
                 f"each held to {held.share:.0%} of a core"
             )
         servers: list[processes.Server] = []
+        if self.trail is not None:
+            self.trail.start()
         try:
             ceiling = processes.start_ceiling(work, self.ceiling_port, workers)
             servers.append(ceiling)
@@ -148,6 +155,13 @@ class Bench:
         finally:
             for server in servers:
                 server.stop()
+        if self.trail is not None:
+            counted = self.trail.finish(stepup.log)
+            self.audit_trail.append({"workers": workers, "held": self.holding, **counted})
+            progress(
+                f"  audit: {counted['streamed']:,} of {counted['recorded']:,} recorded events "
+                "in the stream"
+            )
 
     def record(
         self,
@@ -541,8 +555,9 @@ def summarize(bench: Bench) -> dict[str, Any]:
         "ratios": ratios,
         "scaling_2_over_1": scaling,
         "held": held,
-        "targets": _targets(table, ratios, scaling, held, bench.memory),
+        "targets": _targets(table, ratios, scaling, held, bench.memory, bench.audit_trail),
         "memory": bench.memory,
+        "audit_trail": bench.audit_trail,
         "notes": bench.notes,
         "set_aside": [
             {"workers": workers, "target": name, **run.as_dict()}
@@ -557,6 +572,7 @@ def _targets(
     scaling: dict[str, float | None],
     held: dict[str, Any] | None,
     mem: dict[str, Any],
+    audit_trail: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
@@ -592,7 +608,14 @@ def _targets(
         512,
         False,
     )
+    for counted in audit_trail:
+        missing = counted["recorded"] - counted["streamed"]
+        check(f"audit events not streamed ({_configuration(counted)}) <= 0", missing, 0, False)
     return checks
+
+
+def _configuration(counted: dict[str, Any]) -> str:
+    return f"{counted['workers']}w" + (", held" if counted["held"] else "")
 
 
 def machine() -> dict[str, Any]:
@@ -698,6 +721,11 @@ def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
             f"Redis per pending request: {pend['memory_usage_mean_bytes']} B (MEMORY USAGE, mean "
             f"of {pend['sample']:,}); record JSON {pend['record_json_bytes']} B"
         )
+    for counted in summary.get("audit_trail", []):
+        lines.append(
+            f"Audit stream ({_configuration(counted)}): {counted['streamed']:,} of the "
+            f"{counted['recorded']:,} events recorded (JSON log lines) streamed"
+        )
     lines += ["", "targets:"]
     for item in summary["targets"]:
         mark = {True: "met   ", False: "MISSED", None: "n/a   "}[item["met"]]
@@ -725,6 +753,7 @@ def rerender(saved: dict[str, Any]) -> str:
         bench.held[row["workers"]][row["target"]] = [Result(**run) for run in row["runs"]]
     bench.memory = saved.get("memory", {})
     bench.notes = saved.get("notes", [])
+    bench.audit_trail = saved.get("audit_trail", [])
     for run in saved.get("set_aside", []):
         fields = {k: v for k, v in run.items() if k not in ("workers", "target")}
         bench.set_aside.append((run["workers"], run["target"], Result(**fields)))
