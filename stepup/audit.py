@@ -134,6 +134,10 @@ class ChainStore(Protocol):
         turn; else says what was found, and takes the turn for `writer` when it is free."""
         ...
 
+    async def claim(self, writer: str, turn_ms: int) -> str | None:
+        """The turn for `writer` and the head to chain onto, or None: another has the turn."""
+        ...
+
     async def trim(self, before_ms: int) -> int: ...
     async def head(self) -> str: ...
     async def anchor(self) -> tuple[str, str] | None: ...
@@ -323,11 +327,17 @@ class _Writer:
     way takes the turn: the others are refused until it has chained its batch onto that head
     and appended it, so a writer that appends often cannot keep another's retries out (two
     busy workers did: one streamed a fifth of its events and dropped the rest).
-    A writer refused while another has the turn waits TURN_WAIT and asks again."""
+    A writer refused while another has the turn waits TURN_WAIT and asks again.
+
+    A refused append carries its whole batch (up to BATCH events) to Redis for nothing. So a
+    writer that has been refused asks for the turn first (a small call: `claim`) before its
+    next batches, and goes back to appending at once when the head it is given is its own
+    last entry (nobody else is writing)."""
 
     BATCH = 200
     TURN_MS = 200  # a turn lapses after this, should its writer die or stall
     TURN_WAIT = 0.001
+    LINGER = 0.005
 
     def __init__(
         self,
@@ -346,6 +356,7 @@ class _Writer:
         self.trim_every = trim_every
         self.head: str | None = None
         self.id = os.urandom(8).hex()  # this writer's, for the turn
+        self.contended = False  # refused lately: claim the turn before sending a batch
         self.last_trim = float("-inf")
         self.stopping = False
 
@@ -363,6 +374,8 @@ class _Writer:
             try:
                 await self._flush()
                 delay = 0.1
+                if not self.stopping:
+                    await asyncio.sleep(self.LINGER)  # let the next batch gather
             except self.errors as exc:
                 if self.stopping:
                     _writer_log.error(
@@ -375,6 +388,14 @@ class _Writer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _claim(self) -> str:
+        """The turn, and the head to chain onto: asked again while another writer has it."""
+        while True:
+            head = await self.store.claim(self.id, self.TURN_MS)
+            if head is not None:
+                return head
+            await asyncio.sleep(self.TURN_WAIT)
+
     async def _flush(self) -> None:
         audit = self.audit
         pending = audit._pending
@@ -384,6 +405,10 @@ class _Writer:
         try:
             now = audit._clock.now()
             head = self.head if self.head is not None else await self.store.head()
+            if self.contended:
+                claimed = await self._claim()
+                self.contended = claimed != head  # another process appended since ours
+                head = claimed
             links = chain(self.keys, head, batch)
             while True:
                 refused = await self.store.append(
@@ -391,6 +416,7 @@ class _Writer:
                 )
                 if refused is None:
                     break
+                self.contended = True
                 if refused.mine:
                     # Another process appended meanwhile: chain onto its entry, in our turn.
                     head = refused.head

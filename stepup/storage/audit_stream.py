@@ -60,6 +60,19 @@ end
 return false
 """
 
+# KEYS[1] the head, KEYS[2] the turn; ARGV[1] the writer's id, ARGV[2] how long a turn lasts
+# in ms. The turn for this writer, unless another has it: returns the head to chain onto, or
+# false while another writer has the turn. A writer that found the chain contended asks for
+# the turn before it sends a batch, so a refusal costs a small call instead of the batch.
+CLAIM = """
+local turn = redis.call('GET', KEYS[2])
+if turn and turn ~= ARGV[1] then
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return redis.call('GET', KEYS[1]) or ''
+"""
+
 # KEYS[1] the stream, KEYS[2] the anchor; ARGV[1] the oldest id (ms) to keep.
 # Before entries go, the id and MAC of the newest one removed become the anchor the first
 # kept entry links to, so the rest of the chain still verifies.
@@ -88,6 +101,7 @@ class RedisAuditLog:
         self.execute: Execute = execute or client.execute_command
         self._append = client.register_script(APPEND)
         self._trim = client.register_script(TRIM)
+        self._claim = client.register_script(CLAIM)
 
     async def append(
         self, links: list[Link], expected_head: str, now_ms: int, writer: str, turn_ms: int
@@ -105,6 +119,12 @@ class RedisAuditLog:
             return None
         head, mine = found
         return Refusal(_text(head), bool(mine))
+
+    async def claim(self, writer: str, turn_ms: int) -> str | None:
+        found = await run_script(
+            self.execute, self._claim, [keys.audit_head(), keys.audit_turn()], [writer, turn_ms]
+        )
+        return None if found is None else _text(found)
 
     async def trim(self, before_ms: int) -> int:
         if before_ms <= 0:

@@ -7,9 +7,11 @@ its events from the stream (two benchmark workers at 9,400 introspections/s lost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,9 +19,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from stepup.audit import AuditKeys, Link, Refusal, chain, verify
+from stepup.audit import Audit, AuditKeys, Link, Refusal, chain, verify
+from stepup.clock import SystemClock
 from stepup.storage import keys
 from stepup.storage.audit_stream import RedisAuditLog
+from stepup.storage.redis import STORAGE_ERRORS
 from tests.support.cli import cli_env
 
 TURN_MS = 200
@@ -144,3 +148,110 @@ def test_busy_processes_each_stream_every_event_into_one_chain(
         return verdict.intact, verdict.entries
 
     assert asyncio.run(verified()) == (True, total)
+
+
+@pytest.mark.anyio
+async def test_a_claim_gives_the_turn_and_the_head_unless_another_has_it(
+    log: RedisAuditLog, audit_keys: tuple[Path, AuditKeys], redis_url: str
+) -> None:
+    _, secret = audit_keys
+    assert await log.claim("writer-a", TURN_MS) == ""  # an empty chain
+    assert _turn(redis_url)[0] == "writer-a"
+    assert await log.claim("writer-b", TURN_MS) is None  # A's turn
+    first = chain(secret, "", _bodies("a.1"))
+    assert await log.append(first, "", 1_000, "writer-a", TURN_MS) is None
+    assert _turn(redis_url) == (None, -2)  # given back with the append
+    assert await log.claim("writer-b", TURN_MS) == first[-1].mac
+    assert await log.claim("writer-b", TURN_MS) == first[-1].mac  # its own again: renewed
+
+
+class _Spy(RedisAuditLog):
+    """The real store, with each call's name and batch size written down."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(client)
+        self.calls: list[tuple[str, int]] = []
+
+    async def append(
+        self, links: list[Link], expected_head: str, now_ms: int, writer: str, turn_ms: int
+    ) -> Refusal | None:
+        refused = await super().append(links, expected_head, now_ms, writer, turn_ms)
+        self.calls.append(("append" if refused is None else "refused", len(links)))
+        return refused
+
+    async def claim(self, writer: str, turn_ms: int) -> str | None:
+        self.calls.append(("claim", 0))
+        return await super().claim(writer, turn_ms)
+
+
+@pytest.mark.anyio
+async def test_a_writer_refused_once_claims_the_turn_until_it_writes_alone(
+    redis_url: str, audit_keys: tuple[Path, AuditKeys]
+) -> None:
+    _, secret = audit_keys
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    spies = [_Spy(client) for client in clients]
+    a, b = Audit(SystemClock()), Audit(SystemClock())
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for audit, spy in zip((a, b), spies, strict=True):
+                await stack.enter_async_context(
+                    audit.streaming(spy, secret, retention_days=1, errors=STORAGE_ERRORS)
+                )
+
+            async def recorded(audit: Audit, name: str, count: int) -> None:
+                for _ in range(count):
+                    audit.record(name, "success")
+                for _ in range(200):
+                    if audit.written == count + written[id(audit)]:
+                        break
+                    await asyncio.sleep(0.01)
+                written[id(audit)] += count
+                assert audit.pending == 0
+
+            written = {id(a): 0, id(b): 0}
+            await recorded(b, "b.first", 1)  # B learns the head
+            await recorded(a, "a.first", 1)  # A moves it on
+            await recorded(b, "b.stale", 3)  # B: refused, takes the turn, goes in
+            await recorded(b, "b.then", 2)  # B claims first: its own head, so alone again
+            await recorded(b, "b.alone", 4)  # straight in
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert spies[0].calls == [("append", 1)]
+    assert spies[1].calls == [
+        ("append", 1),
+        ("refused", 3),
+        ("append", 3),
+        ("claim", 0),
+        ("append", 2),
+        ("append", 4),
+    ]
+    async with aioredis.Redis.from_url(redis_url) as client:
+        verdict = await verify(RedisAuditLog(client), secret, retention_days=1)
+    assert verdict.intact and verdict.entries == 11
+
+
+@pytest.mark.anyio
+async def test_a_writer_lets_events_gather_between_appends(
+    redis_url: str, audit_keys: tuple[Path, AuditKeys]
+) -> None:
+    """One event every half millisecond for 0.2 s: appended in batches, at most one append
+    per LINGER (5 ms) of the time it took, instead of one for almost every event."""
+    _, secret = audit_keys
+    client = aioredis.Redis.from_url(redis_url)
+    spy = _Spy(client)
+    audit = Audit(SystemClock())
+    try:
+        async with audit.streaming(spy, secret, retention_days=1, errors=STORAGE_ERRORS):
+            started = time.monotonic()
+            for _ in range(400):
+                audit.record("token.introspected", "active")
+                await asyncio.sleep(0.0005)
+            elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+    appends = [size for name, size in spy.calls if name == "append"]
+    assert sum(appends) == 400
+    assert len(appends) <= elapsed / 0.005 + 2, (len(appends), elapsed)
+    assert max(appends) > 1
