@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from benchmarks import run
@@ -43,6 +44,18 @@ def bench(tmp_path: Path, **overrides: Any) -> run.Bench:
     for name, value in overrides.items():
         setattr(args, name, value)
     return run.Bench(args, tmp_path)
+
+
+def configured_bench(tmp_path: Path, redis_url: str, **overrides: Any) -> run.Bench:
+    """A bench as `prepare` leaves it, for configurations with stand-in servers (the test
+    replaces processes.start_*, flow.first_proof and flow.exchange): ports, files and the
+    subject token made up, its stepup Redis at `redis_url` (none is started)."""
+    b = bench(tmp_path, **overrides)
+    b.ceiling_port, b.stepup_port = 1, 2
+    b.policy, b.keys = tmp_path / "policy.toml", {}
+    b.upstream, b.subject_token = None, "subject"  # type: ignore[assignment]
+    b.stepup_redis = SimpleNamespace(pid=None, url=redis_url)  # type: ignore[assignment]
+    return b
 
 
 class Server:

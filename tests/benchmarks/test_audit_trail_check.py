@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import redis
 from benchmarks import flow, processes, run, trail
 from benchmarks.load import Result
 from stepup.storage import keys
-from tests.benchmarks.scripted import bench, result
+from tests.benchmarks.scripted import configured_bench, result
 
 UVICORN_LINE = {"time": 1.0, "level": "info", "logger": "uvicorn.error", "message": "Started"}
 
@@ -79,18 +78,8 @@ class _Ceiling:
 
 @pytest.fixture
 def counted_bench(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> run.Bench:
-    b = bench(tmp_path, runs=1, only="introspection", no_peer=True, share=0.0)
-    for name, value in {
-        "ceiling_port": 1,
-        "stepup_port": 2,
-        "policy": tmp_path / "policy.toml",
-        "keys": {},
-        "upstream": None,
-        "subject_token": "subject",
-        "stepup_redis": SimpleNamespace(pid=None, url=redis_url),
-        "trail": trail.Trail(redis_url),
-    }.items():
-        setattr(b, name, value)
+    b = configured_bench(tmp_path, redis_url, runs=1, only="introspection", no_peer=True, share=0.0)
+    b.trail = trail.Trail(redis_url)
     monkeypatch.setattr(processes, "start_ceiling", lambda *args: _Ceiling())
     monkeypatch.setattr(flow, "first_proof", lambda url, upstream: "code")
     monkeypatch.setattr(flow, "exchange", lambda url, subject, code: "elevated")

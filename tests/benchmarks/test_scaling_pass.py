@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from benchmarks import flow, processes, run
 from benchmarks.load import Result
-from tests.benchmarks.scripted import bench, result
+from tests.benchmarks.scripted import configured_bench, result
 
 
 class _Started:
@@ -67,18 +66,9 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[_Started]:
 
 
 def _bench(tmp_path: Path) -> run.Bench:
-    b = bench(tmp_path, runs=1, only="introspection", no_peer=False, share=0.5)
-    for name, value in {
-        "ceiling_port": 1,
-        "stepup_port": 2,
-        "policy": tmp_path / "policy.toml",
-        "keys": {},
-        "upstream": None,
-        "subject_token": "subject",
-        "stepup_redis": SimpleNamespace(pid=None, url="redis://unused"),
-    }.items():
-        setattr(b, name, value)
-    return b
+    return configured_bench(
+        tmp_path, "redis://unused", runs=1, only="introspection", no_peer=False, share=0.5
+    )
 
 
 def test_held_runs_are_kept_apart_and_every_worker_is_held(
