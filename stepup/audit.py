@@ -327,7 +327,7 @@ class _Writer:
     way takes the turn: the others are refused until it has chained its batch onto that head
     and appended it, so a writer that appends often cannot keep another's retries out (two
     busy workers did: one streamed a fifth of its events and dropped the rest).
-    A writer refused while another has the turn waits TURN_WAIT and asks again.
+    A writer refused while another has the turn claims it, waiting TURN_WAIT between asks.
 
     A refused append carries its whole batch (up to BATCH events) to Redis for nothing. So a
     writer that has been refused asks for the turn first (a small call: `claim`) before its
@@ -417,12 +417,12 @@ class _Writer:
                 if refused is None:
                     break
                 self.contended = True
-                if refused.mine:
-                    # Another process appended meanwhile: chain onto its entry, in our turn.
-                    head = refused.head
+                # Another process appended meanwhile (chain onto its entry, in our turn), or
+                # has the turn (wait for it with small calls, not by sending the batch again).
+                found = refused.head if refused.mine else await self._claim()
+                if found != head:
+                    head = found
                     links = chain(self.keys, head, batch)
-                else:
-                    await asyncio.sleep(self.TURN_WAIT)  # its turn: it appends first
             self.head = links[-1].mac
             audit.written += len(batch)
         except BaseException:

@@ -3,7 +3,8 @@ and the anchor left where retention trimmed the stream. All three keys share the
 hash tag, so each script below runs in one Redis Cluster slot.
 
 The MACs are computed in Python (Redis Lua has no SHA-256); the append script is a
-compare-and-set on the head, so several stepup processes extend one chain without a fork.
+compare-and-set on the head, so several stepup processes extend one chain without a fork, and
+a turn key (with the claim script) keeps one busy writer from shutting the others out.
 """
 
 from __future__ import annotations
