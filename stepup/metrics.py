@@ -3,22 +3,132 @@ in one process, as in the tests; nothing is registered at import time).
 
 Counts follow the audit trail: every audited decision is observed here too, so the metrics
 and the audit log cannot disagree about what happened.
+
+The counters and the latency histogram are plain numbers, counted by the event loop's thread
+(every caller is on it: the audit observer and the request middleware) and handed to the
+registry when it is scraped, in that same thread. prometheus_client's own counters take a lock
+for every `inc` and `observe`, a few microseconds of every request for a guard this process
+does not need. The gauges are set at scrape time only and stay prometheus_client's.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from stepup.audit import AuditEvent
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Milliseconds to seconds: the JSON endpoints answer in a few ms; pages and scrypt take longer.
 _BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Their `le` labels as the exposition writes them (Go's float format, which is Python's repr
+# for these values).
+_BOUNDS = (*(repr(bound) for bound in _BUCKETS), "+Inf")
+
+
+class Count:
+    """One series of a counter."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Timing:
+    """One series of a histogram: a count per bucket (not cumulative; the last is above every
+    bound) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.sum += seconds
+        # A bucket counts what is at most its bound: the first bound >= seconds.
+        self.counts[bisect_left(_BUCKETS, seconds)] += 1
+
+
+class _Family:
+    """A metric's series by label values, made on first use (as prometheus_client's labels())."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+
+    def _check(self, values: tuple[str, ...]) -> None:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}, given {values}")
+
+
+class Counter(_Family):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.series: dict[tuple[str, ...], Count] = {}
+        if not self.labelnames:
+            self.series[()] = Count()  # shown at 0 from the start, as prometheus_client does
+
+    def labels(self, *values: str) -> Count:
+        found = self.series.get(values)
+        if found is None:
+            self._check(values)
+            found = self.series[values] = Count()
+        return found
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.labels().inc(amount)
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, count in list(self.series.items()):
+            family.add_metric(values, count.value)
+        return family
+
+
+class Histogram(_Family):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.series: dict[tuple[str, ...], Timing] = {}
+
+    def labels(self, *values: str) -> Timing:
+        found = self.series.get(values)
+        if found is None:
+            self._check(values)
+            found = self.series[values] = Timing()
+        return found
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, timing in list(self.series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(_BOUNDS, timing.counts, strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            family.add_metric(values, buckets, timing.sum)
+        return family
+
+
+class _Counted(Collector):
+    """Hands the plain counts to the registry at scrape time."""
+
+    def __init__(self, families: Sequence[Counter | Histogram]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.family()
 
 
 class Metrics:
@@ -29,42 +139,45 @@ class Metrics:
             "stepup_http_requests",
             "HTTP requests by route template, method and status",
             ["route", "method", "status"],
-            registry=r,
         )
         self.latency = Histogram(
             "stepup_http_request_duration_seconds",
             "Time to answer, by route template",
             ["route", "method"],
-            buckets=_BUCKETS,
-            registry=r,
         )
         self.stepups = Counter(
             "stepup_stepups",
             "Step-ups ended: success (a code issued), denied (cancelled), unmet (no factor meets)",
             ["outcome", "factor", "acr"],
-            registry=r,
         )
         self.factor_checks = Counter(
             "stepup_factor_verifications",
             "Factor proofs: success, failure, throttled",
             ["outcome", "factor"],
-            registry=r,
         )
         self.throttled = Counter(
-            "stepup_throttled", "Factor attempts refused while the subject is throttled", registry=r
+            "stepup_throttled", "Factor attempts refused while the subject is throttled"
         )
         self.tokens = Counter(
             "stepup_tokens",
             "Elevated-token decisions: issued, introspected, revoked, replay",
             ["event", "outcome"],
-            registry=r,
         )
         self.events = Counter(
             "stepup_audit_events",
             "Audit events by event and outcome",
             ["event", "outcome"],
-            registry=r,
         )
+        counted: list[Counter | Histogram] = [
+            self.requests,
+            self.latency,
+            self.stepups,
+            self.factor_checks,
+            self.throttled,
+            self.tokens,
+            self.events,
+        ]
+        r.register(_Counted(counted))
         self.active = Gauge(
             "stepup_active_elevations",
             "Elevated tokens issued and not expired, less those revoked (all instances, from Redis)",
@@ -80,21 +193,10 @@ class Metrics:
         )
         # The factor a request proved, until that request's approval is counted.
         self._proved: OrderedDict[str, str] = OrderedDict()
-        # (metric, *label values) -> its child. prometheus_client's labels() validates and
-        # joins the values and takes a lock on every call; a hot path pays that once per
-        # label set instead. The children are the registry's own (no new label sets).
-        self._children: dict[tuple[object, ...], Any] = {}
-        # (event, outcome) -> the children it increments, for every event whose counts need
+        # (event, outcome) -> the series it increments, for every event whose counts need
         # nothing but those two (every event _READ_FURTHER has no method for): one lookup
         # per audit event.
-        self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
-
-    def child(self, metric: Counter | Histogram, *values: str) -> Any:
-        key = (metric, *values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
+        self._counters: dict[tuple[str, str], tuple[Count, ...]] = {}
 
     def observe(self, entry: AuditEvent) -> None:
         """An audit event (see stepup/audit.py), as recorded."""
@@ -103,25 +205,25 @@ class Metrics:
         if counters is None:
             read_further = _READ_FURTHER.get(event)
             if read_further is not None:
-                self.child(self.events, event, outcome).inc()
+                self.events.labels(event, outcome).inc()
                 read_further(self, entry, outcome)
                 return
             counters = self._counters[(event, outcome)] = self._plain(event, outcome)
         for counter in counters:
             counter.inc()
 
-    def _plain(self, event: str, outcome: str) -> tuple[Any, ...]:
-        """The children an event counted by its name and outcome alone increments."""
-        counted = self.child(self.events, event, outcome)
+    def _plain(self, event: str, outcome: str) -> tuple[Count, ...]:
+        """The series an event counted by its name and outcome alone increments."""
+        counted = self.events.labels(event, outcome)
         if event.startswith("token."):
-            return counted, self.child(self.tokens, event.removeprefix("token."), outcome)
+            return counted, self.tokens.labels(event.removeprefix("token."), outcome)
         return (counted,)
 
     # What the events of _READ_FURTHER count besides the events series, one method each.
 
     def _factor_verified(self, entry: AuditEvent, outcome: str) -> None:
         kind = str(entry.get("kind", "unknown"))
-        self.child(self.factor_checks, outcome, kind).inc()
+        self.factor_checks.labels(outcome, kind).inc()
         if outcome == "throttled":
             self.throttled.inc()
         elif outcome == "success":
@@ -162,7 +264,7 @@ class Metrics:
 # Events whose counts read more than their name and outcome (the factor's kind, the step-up's
 # level, the factor an earlier event of the same request proved), each with the one method
 # that reads them. The only way to an entry's fields: an event not named here is counted by
-# its name and outcome, with children looked up once (Metrics._counters).
+# its name and outcome, with its series looked up once (Metrics._counters).
 _READ_FURTHER: dict[str, Callable[[Metrics, AuditEvent, str], None]] = {
     "factor.verify": Metrics._factor_verified,
     "enrolment.added": Metrics._factor_enrolled,

@@ -4,6 +4,7 @@ time."""
 
 from __future__ import annotations
 
+import prometheus_client
 import pytest
 
 from stepup import metrics as metrics_module
@@ -162,3 +163,60 @@ def test_the_fields_of_an_event_counted_the_plain_way_are_read_by_no_one() -> No
     assert (
         count(metrics, "stepup_stepups_total", outcome="success", factor="unknown", acr="mfa") == 1
     )
+
+
+# The counters and the histogram are plain numbers handed to the registry at scrape time
+# (metrics.Counter, metrics.Histogram). A scrape must read exactly as prometheus_client's own
+# classes would for the same observations (less their `_created` series): same names, label
+# sets, buckets and values. Bucket bounds are inclusive: a value equal to a bound counts in it.
+def _exposition(registry: prometheus_client.CollectorRegistry) -> list[str]:
+    text = prometheus_client.generate_latest(registry).decode()
+    return sorted(line for line in text.splitlines() if "_created" not in line)
+
+
+def test_a_scrape_reads_as_prometheus_clients_own_metrics_would() -> None:
+    bounds = metrics_module._BUCKETS
+    timings = [0.0, bounds[0], bounds[0] + 1e-9, 0.007, bounds[5], 1.0, bounds[-1], 7.5, 0.02]
+    theirs = prometheus_client.CollectorRegistry()
+    requests = prometheus_client.Counter(
+        "stepup_http_requests", "HTTP requests", ["route", "status"], registry=theirs
+    )
+    latency = prometheus_client.Histogram(
+        "stepup_latency", "Time", ["route"], buckets=bounds, registry=theirs
+    )
+    refused = prometheus_client.Counter("stepup_refused", "Refused", registry=theirs)
+    ours_registry = prometheus_client.CollectorRegistry()
+    ours_requests = metrics_module.Counter(
+        "stepup_http_requests", "HTTP requests", ["route", "status"]
+    )
+    ours_latency = metrics_module.Histogram("stepup_latency", "Time", ["route"])
+    ours_refused = metrics_module.Counter("stepup_refused", "Refused")
+    ours_registry.register(metrics_module._Counted([ours_requests, ours_latency, ours_refused]))
+    assert _exposition(ours_registry) == _exposition(theirs)  # the unlabelled one at 0 already
+    for index, seconds in enumerate(timings):
+        route = "/token" if index % 3 else "/introspect"
+        requests.labels(route, "200").inc()
+        ours_requests.labels(route, "200").inc()
+        latency.labels(route).observe(seconds)
+        ours_latency.labels(route).observe(seconds)
+    requests.labels("/par", "400").inc(2)
+    ours_requests.labels("/par", "400").inc(2)
+    refused.inc()
+    ours_refused.inc()
+    assert _exposition(ours_registry) == _exposition(theirs)
+    # /token saw the bound itself (counted in its bucket) and a hair above it (the next one).
+    assert count_in(ours_registry, "stepup_latency_bucket", route="/token", le="0.002") == 1
+    assert count_in(ours_registry, "stepup_latency_bucket", route="/token", le="0.005") == 2
+
+
+def count_in(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_series_takes_exactly_its_labels() -> None:
+    requests = metrics_module.Counter("stepup_x", "x", ["route", "status"])
+    with pytest.raises(ValueError, match="route"):
+        requests.labels("/token")
+    with pytest.raises(ValueError, match="route"):
+        metrics_module.Histogram("stepup_y", "y", ["route"]).labels("/token", "200")
+    assert requests.labels("/token", "200") is requests.labels("/token", "200")

@@ -9,7 +9,6 @@ import itertools
 import os
 import re
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepup.config import secret_matches
 from stepup.logs import correlation_id
-from stepup.metrics import CONTENT_TYPE, Metrics
+from stepup.metrics import CONTENT_TYPE, Count, Metrics, Timing
 from stepup.protocol.admin import bearer
 from stepup.services import Services
 from stepup.storage.redis import STORAGE_ERRORS
@@ -72,24 +71,23 @@ class RequestMetrics:
                 self.templates[route.endpoint] = route.path
             elif isinstance(route, Mount):
                 self.templates[route.app] = route.path + "/{path:path}"
-        # (endpoint, method, status) -> (request counter child, latency histogram child):
-        # one dict lookup per request instead of a template lookup, str(status) and two
-        # labels() calls (which validate, join and lock each time).
-        self._observers: dict[tuple[object, str, int], tuple[Any, Any]] = {}
+        # (endpoint, method, status) -> (request count, latency series): one dict lookup per
+        # request instead of a template lookup, str(status) and two labels() calls.
+        self._observers: dict[tuple[object, str, int], tuple[Count, Timing]] = {}
 
     def record(self, endpoint: object, method: str, status: int, elapsed: float) -> None:
         key = (endpoint, method, status)
         observers = self._observers.get(key)
         if observers is None:
-            observers = self._observers[key] = self._children(*key)
+            observers = self._observers[key] = self._series(*key)
         observers[0].inc()
         observers[1].observe(elapsed)
 
-    def _children(self, endpoint: object, method: str, status: int) -> tuple[Any, Any]:
+    def _series(self, endpoint: object, method: str, status: int) -> tuple[Count, Timing]:
         route = self.templates.get(endpoint, "unmatched")
         return (
-            self.metrics.child(self.metrics.requests, route, method, str(status)),
-            self.metrics.child(self.metrics.latency, route, method),
+            self.metrics.requests.labels(route, method, str(status)),
+            self.metrics.latency.labels(route, method),
         )
 
 
