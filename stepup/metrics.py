@@ -16,6 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -60,32 +61,37 @@ class Timing:
         self.counts[bisect_left(_BUCKETS, seconds)] += 1
 
 
-class _Family:
-    """A metric's series by label values, made on first use (as prometheus_client's labels())."""
+# The series a family is made of.
+S = TypeVar("S", Count, Timing)
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+
+class _Family(Generic[S]):
+    """A metric's series by label values, each made on first use (as prometheus_client's
+    labels())."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], make: Callable[[], S]
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self.series: dict[tuple[str, ...], S] = {}
+        self._make: Callable[[], S] = make
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes the labels {self.labelnames}, given {values}")
-
-
-class Counter(_Family):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.series: dict[tuple[str, ...], Count] = {}
-        if not self.labelnames:
-            self.series[()] = Count()  # shown at 0 from the start, as prometheus_client does
-
-    def labels(self, *values: str) -> Count:
+    def labels(self, *values: str) -> S:
         found = self.series.get(values)
         if found is None:
-            self._check(values)
-            found = self.series[values] = Count()
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes the labels {self.labelnames}, given {values}")
+            found = self.series[values] = self._make()
         return found
+
+
+class Counter(_Family[Count]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames, Count)
+        if not self.labelnames:
+            self.labels()  # shown at 0 from the start, as prometheus_client does
 
     def inc(self, amount: float = 1.0) -> None:
         self.labels().inc(amount)
@@ -97,17 +103,9 @@ class Counter(_Family):
         return family
 
 
-class Histogram(_Family):
+class Histogram(_Family[Timing]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.series: dict[tuple[str, ...], Timing] = {}
-
-    def labels(self, *values: str) -> Timing:
-        found = self.series.get(values)
-        if found is None:
-            self._check(values)
-            found = self.series[values] = Timing()
-        return found
+        super().__init__(name, documentation, labelnames, Timing)
 
     def family(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
