@@ -17,6 +17,11 @@ off at the start, `--callgrind` turns it on for the measured requests only,
 
 and the Ir total callgrind prints at the end, divided by the requests measured, is the
 instructions per request.
+
+`--redis` adds Redis's side of each measured round: its CPU (`INFO cpu`) and the commands it
+ran (`INFO commandstats`) per request, read before and after the round once the audit writer
+has nothing pending, so a round's audit appends count in that round. A script's time includes
+the commands it calls, which are listed too.
 The setup is the benchmark's (flow.py): a private Redis, the same policy and key files, one
 real TOTP proof on the verification page, then codes through the real `/par` + `/authorize`
 (the proof is reused within max_age). Every answer's status is checked; a wrong one stops
@@ -42,6 +47,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pyotp
+import redis
 import uvloop
 from starlette.applications import Starlette
 
@@ -49,6 +55,7 @@ from benchmarks import flow, processes
 from stepup import config as config_module
 from stepup import logs
 from stepup.app import create_app
+from stepup.audit import Audit
 
 TARGETS = ["introspection", "exchange", "intake"]
 PORT = 8765  # only in the issuer URL: nothing listens
@@ -176,6 +183,44 @@ async def _codes(browser: httpx.AsyncClient, subject_token: str, count: int) -> 
     return found
 
 
+class RedisCost:
+    """Redis's CPU and commands between two snapshots (`--redis`). The client is a plain
+    synchronous one, used only between the measured rounds."""
+
+    Snapshot = tuple[float, dict[str, tuple[int, int]]]
+
+    def __init__(self, url: str, audit: Audit) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.audit = audit
+
+    async def snapshot(self) -> Snapshot:
+        # What the audit writer still holds is part of the requests just made.
+        for _ in range(2500):  # 5 s at most
+            if not self.audit.pending:
+                break
+            await asyncio.sleep(0.002)
+        cpu: Any = self.client.info("cpu")
+        stats: Any = self.client.info("commandstats")
+        commands = {
+            name.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
+            for name, value in stats.items()
+        }
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), commands
+
+    @staticmethod
+    def per_request(before: Snapshot, after: Snapshot, requests: int) -> tuple[float, list[str]]:
+        """µs of Redis CPU per request, and "COMMAND calls (µs)" per request, busiest first."""
+        rows: list[tuple[float, str]] = []
+        for name, (calls, usec) in after[1].items():
+            then_calls, then_usec = before[1].get(name, (0, 0))
+            calls, usec = calls - then_calls, usec - then_usec
+            if calls and name != "info":  # the snapshots' own
+                row = f"{name.upper()} {calls / requests:.2f} ({usec / requests:.1f} µs)"
+                rows.append((usec, row))
+        rows.sort(reverse=True)
+        return (after[0] - before[0]) / requests * 1e6, [row for _, row in rows]
+
+
 def _count_instructions(on: bool) -> None:
     """Callgrind's counting on or off for this process (`--callgrind`)."""
     switch = "--instr=on" if on else "--instr=off"
@@ -217,13 +262,14 @@ async def _measure(args: argparse.Namespace, work: Path) -> dict[str, list[float
         }
         app = create_app(config_module.load(policy, environ), redis_url=redis.url)
         async with app.router.lifespan_context(app):
-            return await _rounds(app, args, upstream)
+            cost = RedisCost(redis.url, app.state.services.audit) if args.redis else None
+            return await _rounds(app, args, upstream, cost)
     finally:
         redis.stop()
 
 
 async def _rounds(
-    app: Starlette, args: argparse.Namespace, upstream: flow.Upstream
+    app: Starlette, args: argparse.Namespace, upstream: flow.Upstream, cost: RedisCost | None
 ) -> dict[str, list[float]]:
     subject_token = upstream.token()
     client_auth = flow.basic(flow.CLIENT_ID, flow.CLIENT_SECRET)
@@ -267,6 +313,7 @@ async def _rounds(
     for round_ in range(args.rounds):
         for name, make in makers.items():
             await _timed(make, args.warmup, args.concurrency, count_in=False)
+            before = await cost.snapshot() if cost else None
             cpu, wall = await _timed(make, args.requests, args.concurrency, count_in=args.callgrind)
             results[name].append(cpu / args.requests * 1e6)
             print(
@@ -274,6 +321,9 @@ async def _rounds(
                 f"  ({args.requests / wall:,.0f} req/s wall, 1 process)",
                 flush=True,
             )
+            if cost and before:
+                redis_cpu, commands = cost.per_request(before, await cost.snapshot(), args.requests)
+                print(f"  Redis {redis_cpu:.1f} µs CPU/request: {', '.join(commands)}", flush=True)
     return results
 
 
@@ -288,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "--callgrind",
         action="store_true",
         help="under valgrind --tool=callgrind --instr-atstart=no: count the measured requests only",
+    )
+    parser.add_argument(
+        "--redis", action="store_true", help="Redis's CPU and commands per request, each round"
     )
     args = parser.parse_args(argv)
     # As `stepup serve`: JSON lines (the audit line included), here into a file.
