@@ -22,6 +22,7 @@ instructions per request.
 ran (`INFO commandstats`) per request, read before and after the round once the audit writer
 has nothing pending, so a round's audit appends count in that round. A script's time includes
 the commands it calls, which are listed too.
+
 The setup is the benchmark's (flow.py): a private Redis, the same policy and key files, one
 real TOTP proof on the verification page, then codes through the real `/par` + `/authorize`
 (the proof is reused within max_age). Every answer's status is checked; a wrong one stops
@@ -263,7 +264,11 @@ async def _measure(args: argparse.Namespace, work: Path) -> dict[str, list[float
         app = create_app(config_module.load(policy, environ), redis_url=redis.url)
         async with app.router.lifespan_context(app):
             cost = RedisCost(redis.url, app.state.services.audit) if args.redis else None
-            return await _rounds(app, args, upstream, cost)
+            try:
+                return await _rounds(app, args, upstream, cost)
+            finally:
+                if cost:
+                    cost.client.close()
     finally:
         redis.stop()
 

@@ -19,7 +19,11 @@ def event(name: str, outcome: str, **fields: str) -> AuditEvent:
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return count_in(metrics.registry, name, **labels)
+
+
+def count_in(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 def test_token_events_count_every_time() -> None:
@@ -207,10 +211,6 @@ def test_a_scrape_reads_as_prometheus_clients_own_metrics_would() -> None:
     # /token saw the bound itself (counted in its bucket) and a hair above it (the next one).
     assert count_in(ours_registry, "stepup_latency_bucket", route="/token", le="0.002") == 1
     assert count_in(ours_registry, "stepup_latency_bucket", route="/token", le="0.005") == 2
-
-
-def count_in(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 def test_a_series_takes_exactly_its_labels() -> None:

@@ -3,20 +3,18 @@ never timings. With --redis it says what Redis ran for each request of a round."
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import ROOT, cli_env
 
 
 def run_harness(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.cpu", "--rounds", "1", "--warmup", "20", *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=180,
